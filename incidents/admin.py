@@ -1,0 +1,125 @@
+"""Staff manage teams, memberships and services here; every change is audited with old → new values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.forms.models import model_to_dict
+
+from . import audit
+from .models import AuditEvent, Membership, Service, Team
+
+
+def _snapshot(obj) -> dict[str, Any]:
+    data = model_to_dict(obj)
+    data.pop("id", None)
+    return {key: (value if not hasattr(value, "pk") else value.pk) for key, value in data.items()}
+
+
+def _team_of(obj) -> Team | None:
+    return obj if isinstance(obj, Team) else getattr(obj, "team", None)
+
+
+def audit_change(request, obj, before: dict[str, Any] | None, *, deleted: bool = False) -> None:
+    name = obj._meta.model_name
+    if deleted:
+        action, verb, changes = f"{name}.deleted", "deleted", audit.field_changes(before or {}, {})
+    elif before is None:
+        action, verb, changes = f"{name}.created", "created", audit.field_changes({}, _snapshot(obj))
+    else:
+        action, verb, changes = f"{name}.changed", "changed", audit.field_changes(before, _snapshot(obj))
+        if not changes:
+            return
+    audit.record(
+        action,
+        actor=request.user,
+        team=_team_of(obj),
+        target=obj,
+        target_id=obj.pk,
+        summary=f"{obj._meta.verbose_name.capitalize()} {obj} {verb} in the admin",
+        changes=changes,
+    )
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """The admin runs each change view in a transaction, so the audit row commits with the change."""
+
+    def save_model(self, request, obj, form, change) -> None:
+        before = _snapshot(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
+        super().save_model(request, obj, form, change)
+        audit_change(request, obj, before)
+
+    def delete_model(self, request, obj) -> None:
+        before, pk = _snapshot(obj), obj.pk
+        super().delete_model(request, obj)
+        obj.pk = pk
+        audit_change(request, obj, before, deleted=True)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for obj in queryset:
+            self.delete_model(request, obj)
+
+    def save_formset(self, request, form, formset, change) -> None:
+        befores = {
+            obj.pk: _snapshot(type(obj).objects.get(pk=obj.pk))
+            for obj in (f.instance for f in formset.forms)
+            if obj.pk and type(obj).objects.filter(pk=obj.pk).exists()
+        }
+        instances = formset.save(commit=False)
+        for obj in formset.deleted_objects:
+            before, pk = _snapshot(obj), obj.pk
+            obj.delete()
+            obj.pk = pk
+            audit_change(request, obj, before, deleted=True)
+        for obj in instances:
+            before = befores.get(obj.pk)
+            obj.save()
+            audit_change(request, obj, before)
+        formset.save_m2m()
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 1
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Team)
+class TeamAdmin(AuditedAdmin):
+    list_display = ["name", "created_at"]
+    search_fields = ["name"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(AuditedAdmin):
+    list_display = ["user", "team", "role", "created_at"]
+    list_filter = ["role", "team"]
+    search_fields = ["user__username", "user__email", "team__name"]
+    autocomplete_fields = ["user", "team"]
+
+
+@admin.register(Service)
+class ServiceAdmin(AuditedAdmin):
+    list_display = ["name", "isdown_service_id", "team", "created_at"]
+    list_filter = ["team"]
+    search_fields = ["name", "isdown_service_id", "team__name"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the table itself refuses changes."""
+
+    list_display = ["seq", "created_at", "actor_label", "team_label", "action", "summary"]
+    list_filter = ["action"]
+    search_fields = ["actor_label", "summary", "target_label"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from incidents import audit
+from incidents.models import Membership, Role, Service, Team
+
+DEMO_TEAMS = {
+    "Platform": {
+        "services": [("API", 1001), ("Dashboard", 1002)],
+        "members": [("responder", Role.RESPONDER), ("approver", Role.APPROVER), ("auditor", Role.AUDITOR)],
+    },
+    "Data": {
+        "services": [("Pipeline", 2001)],
+        "members": [("data-responder", Role.RESPONDER)],
+    },
+}
+DEMO_STAFF = "admin"
+SEED_ACTOR = "system:seed_demo"
+
+
+class Command(BaseCommand):
+    help = "Create the demo teams, services and users. Idempotent; refuses to run with DEBUG off unless --force."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--force", action="store_true", help="run even though DEBUG is off")
+
+    def handle(self, *args, force: bool = False, **options) -> None:
+        if not settings.DEBUG and not force:
+            raise CommandError("DEBUG is off: this looks like production. Pass --force to seed demo data anyway.")
+        password = os.environ.get("DEMO_PASSWORD") or "isdown-demo-2026"
+        with transaction.atomic():
+            created_users = self._seed(password)
+        if created_users:
+            self.stdout.write(f"Demo users created: {', '.join(created_users)}")
+            self.stdout.write(f"Demo password for all of them: {password}")
+        else:
+            self.stdout.write("Demo data already present; nothing changed.")
+
+    def _seed(self, password: str) -> list[str]:
+        User = get_user_model()
+        created_users = []
+
+        def ensure_user(username: str, **extra) -> object:
+            user, created = User.objects.get_or_create(username=username, defaults=extra)
+            if created:
+                user.set_password(password)
+                user.save(update_fields=["password"])
+                created_users.append(username)
+                audit.record(
+                    "user.created", actor_label=SEED_ACTOR, target=user, summary=f"Demo user {username} created"
+                )
+            return user
+
+        ensure_user(DEMO_STAFF, is_staff=True, is_superuser=True, email="admin@example.com")
+        for team_name, spec in DEMO_TEAMS.items():
+            team, created = Team.objects.get_or_create(name=team_name)
+            if created:
+                audit.record(
+                    "team.created",
+                    actor_label=SEED_ACTOR,
+                    team=team,
+                    target=team,
+                    summary=f"Demo team {team_name} created",
+                )
+            for service_name, isdown_id in spec["services"]:
+                service, created = Service.objects.get_or_create(
+                    isdown_service_id=isdown_id, defaults={"team": team, "name": service_name}
+                )
+                if created:
+                    audit.record(
+                        "service.created",
+                        actor_label=SEED_ACTOR,
+                        team=team,
+                        target=service,
+                        summary=f"Demo service {service} created",
+                        changes={"name": [None, service_name], "isdown_service_id": [None, isdown_id]},
+                    )
+            for username, role in spec["members"]:
+                user = ensure_user(username, email=f"{username}@example.com")
+                membership, created = Membership.objects.get_or_create(user=user, team=team, defaults={"role": role})
+                if created:
+                    audit.record(
+                        "membership.created",
+                        actor_label=SEED_ACTOR,
+                        team=team,
+                        target=membership,
+                        summary=f"{username} joined {team_name} as {role}",
+                        changes={"role": [None, str(role)]},
+                    )
+        self._register_sandbox_services()
+        return created_users
+
+    def _register_sandbox_services(self) -> None:
+        """Tell the IsDown sandbox about the demo services, so it accepts writes to them."""
+        if not settings.SANDBOX_ENABLED:
+            return
+        try:
+            from sandbox.registry import register_service
+        except ImportError:
+            return
+        for spec in DEMO_TEAMS.values():
+            for service_name, isdown_id in spec["services"]:
+                register_service(isdown_id, service_name)

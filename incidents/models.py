@@ -1,0 +1,366 @@
+"""The domain: teams and their services, the local copy of IsDown incidents, drafts and their review,
+the publishing outbox, and the append-only audit log.
+
+Models hold data and the constraints the database can enforce. State changes live in workflow.py,
+publishing.py and sync.py; nothing happens in save() or in signals.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class Role(models.TextChoices):
+    RESPONDER = "responder", "Responder"
+    APPROVER = "approver", "Approver"
+    AUDITOR = "auditor", "Auditor"
+
+
+class Severity(models.TextChoices):
+    MINOR = "minor", "Minor"
+    MAJOR = "major", "Major"
+
+
+class Stage(models.TextChoices):
+    INVESTIGATING = "investigating", "Investigating"
+    IDENTIFIED = "identified", "Identified"
+    MONITORING = "monitoring", "Monitoring"
+    RESOLVED = "resolved", "Resolved"
+
+
+TITLE_MAX_LENGTH = 255
+DESCRIPTION_MAX_LENGTH = 10_000
+COMMENT_MAX_LENGTH = 2_000
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "user__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "team"], name="membership_one_role_per_team"),
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="membership_role_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} — {self.get_role_display()} in {self.team}"
+
+
+class Service(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="services")
+    name = models.CharField(max_length=100)
+    isdown_service_id = models.PositiveBigIntegerField(
+        unique=True, verbose_name="IsDown service id", help_text="The numeric id of the custom service on IsDown."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (#{self.isdown_service_id})"
+
+
+class Incident(models.Model):
+    """The local copy of one IsDown incident. `remote_id` stays empty until it is published."""
+
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="incidents")
+    remote_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    title = models.CharField(max_length=TITLE_MAX_LENGTH)
+    severity = models.CharField(max_length=10, choices=Severity.choices, default=Severity.MINOR)
+    stage = models.CharField(max_length=20, choices=Stage.choices, default=Stage.INVESTIGATING)
+    description = models.TextField(blank=True)
+    resolved = models.BooleanField(default=False)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    remote_created_at = models.DateTimeField(null=True, blank=True)
+    remote_updated_at = models.DateTimeField(null=True, blank=True)
+    remote_url = models.URLField(max_length=500, blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    missing_on_remote = models.BooleanField(default=False)
+    drifted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # The time of the latest local or remote activity: the incident list sorts by it.
+    last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-last_activity_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(severity__in=Severity.values), name="incident_severity_valid"),
+            models.CheckConstraint(condition=Q(stage__in=Stage.values), name="incident_stage_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} (#{self.remote_id})" if self.remote_id else self.title
+
+
+class IncidentUpdate(models.Model):
+    """One entry of the incident's remote `updates` list, oldest first (IsDown gives updates no id)."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="updates")
+    position = models.PositiveIntegerField()
+    stage = models.CharField(max_length=20, choices=Stage.choices)
+    description = models.TextField(blank=True)
+    remote_created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["incident", "position"]
+        constraints = [models.UniqueConstraint(fields=["incident", "position"], name="update_position_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.get_stage_display()} update {self.position} of incident {self.incident_id}"
+
+
+class DraftKind(models.TextChoices):
+    OPEN = "open", "New incident"
+    UPDATE = "update", "Update"
+
+
+class DraftState(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    IN_REVIEW = "in_review", "In review"
+    CHANGES_REQUESTED = "changes_requested", "Changes requested"
+    APPROVED = "approved", "Approved"
+    PUBLISHING = "publishing", "Publishing"
+    PUBLISHED = "published", "Published"
+    FAILED = "failed", "Failed"
+    REJECTED = "rejected", "Rejected"
+    DISCARDED = "discarded", "Discarded"
+
+
+EDITABLE_DRAFT_STATES = (DraftState.DRAFT, DraftState.CHANGES_REQUESTED)
+
+
+class Draft(models.Model):
+    """A proposed change to what the public sees. Only workflow.py changes its state."""
+
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="drafts")
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="drafts")
+    incident = models.ForeignKey(Incident, on_delete=models.PROTECT, null=True, blank=True, related_name="drafts")
+    kind = models.CharField(max_length=10, choices=DraftKind.choices)
+    title = models.CharField(max_length=TITLE_MAX_LENGTH, blank=True)
+    severity = models.CharField(max_length=10, choices=Severity.choices, blank=True)
+    description = models.TextField(blank=True)
+    stage = models.CharField(max_length=20, choices=Stage.choices, blank=True)
+    state = models.CharField(max_length=20, choices=DraftState.choices, default=DraftState.DRAFT, db_index=True)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    last_editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(kind__in=DraftKind.values), name="draft_kind_valid"),
+            models.CheckConstraint(condition=Q(state__in=DraftState.values), name="draft_state_valid"),
+            # An update targets an incident; a new incident has none yet.
+            models.CheckConstraint(
+                condition=(Q(kind="open", incident__isnull=True) | Q(kind="update", incident__isnull=False)),
+                name="draft_kind_matches_incident",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Draft #{self.pk}: {self.title or self.get_kind_display()}"
+
+    @property
+    def is_editable(self) -> bool:
+        return self.state in EDITABLE_DRAFT_STATES
+
+
+class Revision(models.Model):
+    """An immutable snapshot made on submit: the fields and the exact request that would be sent."""
+
+    draft = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="revisions")
+    number = models.PositiveIntegerField()
+    fields = models.JSONField()
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=200)
+    body = models.JSONField()
+    sha256 = models.CharField(max_length=64)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    last_editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    submitted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["draft", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["draft", "number"], name="revision_number_unique"),
+            # Target of Review's composite foreign key (see migration 0002).
+            models.UniqueConstraint(fields=["id", "author", "last_editor"], name="revision_id_author_editor"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Revision {self.number} of draft #{self.draft_id}"
+
+
+class ReviewDecision(models.TextChoices):
+    APPROVE = "approve", "Approved"
+    REQUEST_CHANGES = "request_changes", "Changes requested"
+    REJECT = "reject", "Rejected"
+
+
+class Review(models.Model):
+    """One decision on one revision.
+
+    The revision's author and last editor are copied here so a CHECK constraint can enforce four eyes; a
+    composite foreign key (migration 0002) makes sure the copies match the revision.
+    """
+
+    revision = models.OneToOneField(Revision, on_delete=models.PROTECT, related_name="review")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    revision_author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    revision_last_editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=20, choices=ReviewDecision.choices)
+    comment = models.TextField(blank=True, max_length=COMMENT_MAX_LENGTH)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(reviewer=F("revision_author")) & ~Q(reviewer=F("revision_last_editor")),
+                name="review_four_eyes",
+            ),
+            models.CheckConstraint(condition=Q(decision__in=ReviewDecision.values), name="review_decision_valid"),
+            models.CheckConstraint(
+                condition=Q(decision="approve") | ~Q(comment=""), name="review_comment_required_unless_approve"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_decision_display()} revision {self.revision_id}"
+
+
+class PublicationState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    SENDING = "sending", "Sending"
+    RETRY_WAIT = "retry_wait", "Waiting to retry"
+    RECONCILING = "reconciling", "Reconciling"
+    PUBLISHED = "published", "Published"
+    FAILED = "failed", "Failed"
+    NEEDS_ATTENTION = "needs_attention", "Needs attention"
+
+
+FINAL_PUBLICATION_STATES = (PublicationState.PUBLISHED, PublicationState.FAILED, PublicationState.NEEDS_ATTENTION)
+
+
+class Publication(models.Model):
+    """The outbox row for one approved revision. Only publishing.py moves it."""
+
+    revision = models.OneToOneField(Revision, on_delete=models.PROTECT, related_name="publication")
+    draft = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="publications")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="publications")
+    incident = models.ForeignKey(Incident, on_delete=models.PROTECT, null=True, blank=True, related_name="publications")
+    state = models.CharField(
+        max_length=20, choices=PublicationState.choices, default=PublicationState.QUEUED, db_index=True
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    sending_started_at = models.DateTimeField(null=True, blank=True)
+    last_enqueued_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    remote_id = models.CharField(max_length=64, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=PublicationState.values), name="publication_state_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Publication #{self.pk} of draft #{self.draft_id}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_PUBLICATION_STATES
+
+
+class AttemptKind(models.TextChoices):
+    SEND = "send", "Send"
+    RECONCILE = "reconcile", "Reconcile"
+    VERIFY = "verify", "Verify"
+
+
+class PublishAttempt(models.Model):
+    """One HTTP call made for a publication: what was sent (never the key) and what came back."""
+
+    publication = models.ForeignKey(Publication, on_delete=models.PROTECT, related_name="attempt_rows")
+    number = models.PositiveIntegerField()
+    kind = models.CharField(max_length=20, choices=AttemptKind.choices, default=AttemptKind.SEND)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=300)
+    request_body = models.JSONField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=40, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["publication", "number"]
+        constraints = [models.UniqueConstraint(fields=["publication", "number"], name="attempt_number_unique")]
+
+    def __str__(self) -> str:
+        return f"Attempt {self.number} of publication #{self.publication_id}"
+
+
+class AuditEvent(models.Model):
+    """Append-only, hash-chained record of every action. Written only by audit.record().
+
+    No foreign keys: actor, team and target are ids plus label snapshots, so history survives deletions.
+    The database refuses UPDATE and DELETE on this table (trigger in migration 0002).
+    """
+
+    seq = models.BigIntegerField(unique=True)
+    created_at = models.DateTimeField()
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor_label = models.CharField(max_length=150)
+    team_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    team_label = models.CharField(max_length=100, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=40, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=300, blank=True)
+    summary = models.CharField(max_length=500)
+    changes = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["-seq"]
+        indexes = [
+            models.Index(fields=["team_id", "-seq"], name="audit_team_seq"),
+            models.Index(fields=["actor_id", "-seq"], name="audit_actor_seq"),
+            models.Index(fields=["target_type", "target_id", "-seq"], name="audit_target_seq"),
+            models.Index(fields=["created_at"], name="audit_created_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.action}: {self.summary}"

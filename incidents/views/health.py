@@ -1,0 +1,41 @@
+"""/healthz: is the database reachable, is Redis reachable. No login: load balancers call it."""
+
+from __future__ import annotations
+
+import redis
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.db import connection
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+
+def check_database() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return "ok"
+    except Exception as exc:  # any failure means "down"; the reason is for the operator
+        return f"down: {type(exc).__name__}"
+
+
+def check_redis() -> str:
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return "ok"
+    except Exception as exc:
+        return f"down: {type(exc).__name__}"
+
+
+@login_not_required
+@never_cache
+@require_GET
+def healthz(request):
+    checks = {"db": check_database(), "redis": check_redis()}
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse(checks, status=200 if healthy else 503)
