@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
 from .models import AuditEvent, Draft, Incident, Membership, Publication, Role, Service, Team
@@ -104,3 +104,16 @@ def can_read_audit_log(user) -> bool:
 def get_scoped_or_404(queryset: QuerySet, **lookup) -> Model:
     """Fetch one object from an already scoped queryset; outside the user's teams it does not exist."""
     return get_object_or_404(queryset, **lookup)
+
+
+# --- The audit-log pages ----------------------------------------------------------------------------------
+def audit_log_events(user) -> QuerySet[AuditEvent]:
+    """What the audit-log pages show: ``audit_events(user)``, plus team-less events (sign-ins) for staff."""
+    if user.is_authenticated and user.is_staff:
+        return AuditEvent.objects.filter(Q(team_id__in=team_ids(user, AUDIT_ROLES)) | Q(team_id__isnull=True))
+    return audit_events(user)
+
+
+def can_open_audit_log(user) -> bool:
+    """Auditors and approvers of a team; staff too, for the team-less events only they may read."""
+    return can_read_audit_log(user) or bool(user.is_authenticated and user.is_staff)

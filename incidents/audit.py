@@ -178,10 +178,14 @@ def verify_chain(batch_size: int = 2000) -> VerifyResult:
 
 
 # --- Export -------------------------------------------------------------------------------------------------
+# Every hashed field is exported (plus the two hashes), so an unfiltered export can be re-verified offline
+# with nothing but this module's canonical JSON rule.
 EXPORT_COLUMNS = (
     "seq",
     "created_at",
+    "actor_id",
     "actor_label",
+    "team_id",
     "team_label",
     "action",
     "target_type",
@@ -193,21 +197,39 @@ EXPORT_COLUMNS = (
     "prev_hash",
     "hash",
 )
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# OWASP "CSV injection": a cell starting with one of these may be run as a formula by a spreadsheet.
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# Rows are gathered into chunks of about this many characters: one write per row is slow, one per export
+# is not streaming.
+EXPORT_CHUNK_CHARS = 64 * 1024
 
 
 def neutralise_formula(value: str) -> str:
-    """Stop spreadsheets from running a cell as a formula (OWASP CSV injection)."""
-    return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
+    """Stop spreadsheets from running a cell as a formula (OWASP CSV injection), leading spaces included."""
+    return "'" + value if value.lstrip(" ").startswith(_FORMULA_PREFIXES) else value
 
 
 def export_row(event: AuditEvent) -> dict[str, Any]:
     row = {name: getattr(event, name) for name in EXPORT_COLUMNS}
-    row["created_at"] = event.created_at.isoformat()
+    # The same UTC rendering the hash was computed over.
+    row["created_at"] = event.created_at.astimezone(UTC).isoformat()
     return row
 
 
-def iter_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
+def _chunked(pieces: Iterable[str]) -> Iterator[str]:
+    batch: list[str] = []
+    size = 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece)
+        if size >= EXPORT_CHUNK_CHARS:
+            yield "".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield "".join(batch)
+
+
+def _csv_lines(events: Iterable[AuditEvent]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
@@ -226,11 +248,16 @@ def iter_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
             value = row[name]
             if isinstance(value, (dict, list)):
                 value = canonical_json(value)
-            cells.append(neutralise_formula(str(value)) if isinstance(value, str) else value)
+            cells.append(neutralise_formula(value) if isinstance(value, str) else value)
         writer.writerow(cells)
         yield flush()
 
 
+def iter_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
+    """CSV with a header row, every text cell neutralised against formula injection; yields ~64 KB chunks."""
+    return _chunked(_csv_lines(events))
+
+
 def iter_jsonl(events: Iterable[AuditEvent]) -> Iterator[str]:
-    for event in events:
-        yield canonical_json(export_row(event)) + "\n"
+    """One canonical JSON object per line, exactly as stored (no neutralising: JSON is not a spreadsheet)."""
+    return _chunked(canonical_json(export_row(event)) + "\n" for event in events)
