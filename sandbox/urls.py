@@ -1,3 +1,17 @@
+"""Mounted at /sandbox/ when SANDBOX_ENABLED (see isdown_admin/urls.py)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
 app_name = "sandbox"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.control, name="control"),
+    path("status/<int:service_id>/", views.status_page, name="status"),
+    path("api/v2/incidents", views.api_incidents, name="api_incidents"),
+    path("api/v2/incidents/<str:incident_id>", views.api_incident, name="api_incident"),
+    path("api/<path:rest>", views.api_unknown, name="api_unknown"),
+]

@@ -100,10 +100,8 @@ class Command(BaseCommand):
         """Tell the IsDown sandbox about the demo services, so it accepts writes to them."""
         if not settings.SANDBOX_ENABLED:
             return
-        try:
-            from sandbox.registry import register_service
-        except ImportError:
-            return
+        from sandbox.registry import register_service
+
         for spec in DEMO_TEAMS.values():
             for service_name, isdown_id in spec["services"]:
                 register_service(isdown_id, service_name)

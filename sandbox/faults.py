@@ -1,0 +1,202 @@
+"""Fault injection: queue faults for the next N API requests, take one per request, and act it out.
+
+Kinds, and whether the request is processed (the incident created or changed):
+- ``status``  answer 4xx/5xx at once, NOT processed. 429 carries ``Retry-After`` (1 s unless given); 502/503/504
+              answer an HTML page like a proxy would; 500 and 4xx answer IsDown's JSON error format.
+- ``latency`` sleep, then process and answer normally.
+- ``drop``    close the connection without any answer, NOT processed: it models a request that died on the
+              way (the client cannot tell that from a crash after processing, and that is the point).
+- ``hang``    process and COMMIT, then sleep ``hang_seconds`` before answering: the change is applied but the
+              answer arrives after the client gave up.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+
+from .models import FaultKind, SandboxFault
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HANG_SECONDS = 30.0
+DEFAULT_RETRY_AFTER_429 = 1
+HTML_STATUSES = {502, 503, 504}
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class FaultError(ValueError):
+    """A fault that cannot be set as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class TakenFault:
+    """A fault as taken for one request: a detached copy, so the row can be gone already."""
+
+    kind: str
+    label: str
+    status: int | None = None
+    retry_after: int | None = None
+    latency_ms: int | None = None
+    hang_seconds: float | None = None
+
+
+def add_fault(
+    *,
+    kind: str,
+    count: int = 1,
+    method: str = "",
+    status: int | None = None,
+    retry_after: int | None = None,
+    latency_ms: int | None = None,
+    hang_seconds: float | None = None,
+) -> SandboxFault:
+    """Queue a fault for the next ``count`` requests (of ``method``, or any). Raises FaultError if incoherent."""
+    if kind not in FaultKind.values:
+        raise FaultError(f"unknown fault kind {kind!r}")
+    if count < 1:
+        raise FaultError("count must be at least 1")
+    method = method.strip().upper()
+    if method and method not in {"GET", "POST", "PATCH", "DELETE"}:
+        raise FaultError("method must be GET, POST, PATCH or DELETE (or empty for any)")
+    if kind == FaultKind.STATUS:
+        if status is None or not 400 <= status <= 599:
+            raise FaultError("a status fault needs a status between 400 and 599")
+        if status == 429 and retry_after is None:
+            retry_after = DEFAULT_RETRY_AFTER_429
+    elif retry_after is not None:
+        raise FaultError("--retry-after only goes with a status fault")
+    if retry_after is not None and retry_after < 0:
+        raise FaultError("retry-after must not be negative")
+    if kind == FaultKind.LATENCY and (latency_ms is None or latency_ms < 0):
+        raise FaultError("a latency fault needs a latency in ms (0 or more)")
+    if kind == FaultKind.HANG:
+        hang_seconds = DEFAULT_HANG_SECONDS if hang_seconds is None else hang_seconds
+        if hang_seconds <= 0:
+            raise FaultError("hang seconds must be positive")
+    return SandboxFault.objects.create(
+        kind=kind,
+        remaining=count,
+        method=method,
+        status=status if kind == FaultKind.STATUS else None,
+        retry_after=retry_after,
+        latency_ms=latency_ms if kind == FaultKind.LATENCY else None,
+        hang_seconds=hang_seconds if kind == FaultKind.HANG else None,
+    )
+
+
+def clear_faults() -> int:
+    """Remove every queued fault; returns how many there were."""
+    deleted, _ = SandboxFault.objects.all().delete()
+    return deleted
+
+
+def take(method: str) -> TakenFault | None:
+    """Consume one use of the oldest fault matching ``method``. Race-safe: the row is locked, so N concurrent
+    requests consume exactly N uses between them, never the same use twice. Commits before returning, so a
+    fault is spent even if the request then dies (as a real failure would be)."""
+    with transaction.atomic():
+        fault = (
+            SandboxFault.objects.select_for_update()
+            .filter(Q(method="") | Q(method=method.upper()), remaining__gt=0)
+            .order_by("id")
+            .first()
+        )
+        if fault is None:
+            return None
+        taken = TakenFault(
+            kind=fault.kind,
+            label=fault.label,
+            status=fault.status,
+            retry_after=fault.retry_after,
+            latency_ms=fault.latency_ms,
+            hang_seconds=fault.hang_seconds,
+        )
+        if fault.remaining <= 1:
+            fault.delete()
+        else:
+            fault.remaining -= 1
+            fault.save(update_fields=["remaining"])
+    return taken
+
+
+def status_response(fault: TakenFault) -> HttpResponse:
+    """The answer of a status fault. 502/503/504 look like a proxy's HTML page; the rest is IsDown's format."""
+    status = fault.status or 500
+    reason = REASONS.get(status, "Error")
+    response: HttpResponse
+    if status in HTML_STATUSES:
+        html = (
+            f"<html><head><title>{status} {reason}</title></head>"
+            f"<body><center><h1>{status} {reason}</h1></center><hr><center>nginx</center></body></html>\n"
+        )
+        response = HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
+    else:
+        detail = f"{reason} (sandbox fault)"
+        body = {"errors": [{"status": status, "title": reason, "detail": detail}]}
+        response = JsonResponse(body, status=status)
+    if fault.retry_after is not None:
+        response["Retry-After"] = str(fault.retry_after)
+    return response
+
+
+def _client_socket(request: HttpRequest) -> socket.socket | None:
+    """The client's socket under gunicorn (it hands it over) or Django's dev/live server (found by walking
+    the wrapped input stream). None elsewhere."""
+    sock = request.META.get("gunicorn.socket")
+    if isinstance(sock, socket.socket):
+        return sock
+    stream: object = request.META.get("wsgi.input")
+    for _ in range(8):
+        if isinstance(stream, socket.socket):
+            return stream
+        # Django's LimitedStream keeps only bound methods of what it wraps; BufferedReader has .raw,
+        # SocketIO has ._sock.
+        read = getattr(stream, "_read", None)
+        following = getattr(read, "__self__", None) or getattr(stream, "raw", None) or getattr(stream, "_sock", None)
+        if following is None:
+            return None
+        stream = following
+    return None
+
+
+def _die_midway():
+    # Only reached on a server whose socket we could not find: the headers and a first byte go out, then the
+    # exception makes the server close the connection short of the promised Content-Length.
+    yield b"{"
+    raise ConnectionAbortedError("sandbox fault: connection dropped")
+
+
+def drop_connection(request: HttpRequest) -> HttpResponse:
+    """Make the client see the connection close with no answer (httpx: RemoteProtocolError "Server disconnected
+    without sending a response"). Shuts the socket down when the server exposes it; otherwise falls back to a
+    response cut short (httpx: RemoteProtocolError while reading the body). Either way the client cannot know
+    whether the request was processed; here it was not."""
+    sock = _client_socket(request)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            logger.info("sandbox drop: socket already closed")
+        # Whatever we return now cannot be delivered; the server's write fails quietly (broken pipe).
+        return HttpResponse(status=200)
+    response = StreamingHttpResponse(_die_midway(), content_type="application/json")
+    response["Content-Length"] = "1000"
+    return response
