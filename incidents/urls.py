@@ -1,12 +1,18 @@
 from django.urls import path
 
-from .views import audit, dashboard, services
+from .views import audit, dashboard, drafts, incidents, reviews, services
 
 app_name = "incidents"
 
 urlpatterns = [
     path("", dashboard.dashboard, name="dashboard"),
     path("services/<int:pk>/", services.service_detail, name="service_detail"),
+    path("incidents/", incidents.incident_list, name="incident_list"),
+    path("incidents/<int:pk>/", incidents.incident_detail, name="incident_detail"),
+    path("incidents/<int:pk>/update/", drafts.update_new, name="update_new"),
+    path("drafts/new/", drafts.draft_new, name="draft_new"),
+    path("drafts/<int:pk>/", drafts.draft_detail, name="draft_detail"),
+    path("drafts/<int:pk>/review/", reviews.draft_review, name="draft_review"),
     path("audit/", audit.audit_log, name="audit_log"),
     path("audit/export.csv", audit.audit_export_csv, name="audit_export_csv"),
     path("audit/export.jsonl", audit.audit_export_jsonl, name="audit_export_jsonl"),

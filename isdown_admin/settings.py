@@ -287,6 +287,9 @@ PUBLISH_MAX_ATTEMPTS = env_int("PUBLISH_MAX_ATTEMPTS", 8, minimum=1)
 PUBLISH_BACKOFF_BASE = env_float("PUBLISH_BACKOFF_BASE", 2.0, minimum=0.0)
 PUBLISH_BACKOFF_CAP = env_float("PUBLISH_BACKOFF_CAP", 300.0, minimum=0.0)
 PUBLISH_LEASE_SECONDS = env_int("PUBLISH_LEASE_SECONDS", 60, minimum=5)
+# After an unknown outcome, wait this long before checking IsDown: a request still in flight behind a proxy
+# must have landed before its absence can be believed.
+PUBLISH_RECONCILE_DELAY = env_float("PUBLISH_RECONCILE_DELAY", 5.0, minimum=0.0)
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 15.0, minimum=1.0)
 SYNC_INTERVAL = env_float("SYNC_INTERVAL", 60.0, minimum=5.0)
 SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 4, minimum=1)
@@ -294,6 +297,10 @@ SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 4, minimum=1)
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
 if PUBLISH_BACKOFF_CAP >= CELERY_VISIBILITY_TIMEOUT:
     raise ImproperlyConfigured("PUBLISH_BACKOFF_CAP must be below CELERY_VISIBILITY_TIMEOUT")
+# A lease must outlive the longest call (httpx applies ISDOWN_TIMEOUT per phase: connect, write, read, pool),
+# or the sweeper could reconcile, and send again, while the first request is still on its way.
+if PUBLISH_LEASE_SECONDS <= 4 * ISDOWN_TIMEOUT:
+    raise ImproperlyConfigured("PUBLISH_LEASE_SECONDS must exceed 4 × ISDOWN_TIMEOUT")
 
 # --- Celery -----------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL

@@ -1,0 +1,108 @@
+"""A publication's status (a self-refreshing fragment) and the three human actions approvers may take on a
+failed or needs-attention publication. The actions themselves live in publishing.py.
+
+Other pages include ``incidents/_publication.html`` with the context from ``publication_context``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from .. import access, publishing
+from ..models import Publication
+
+FRAGMENT = "incidents/_publication.html"
+PAGE = "incidents/publication.html"
+
+
+def publication_context(request: HttpRequest, publication: Publication, **extra: Any) -> dict[str, Any]:
+    """Everything ``_publication.html`` needs: the row, its attempts, whether this user may act on it."""
+    can_act = publication.state in publishing.RETRYABLE_BY_HUMAN and access.has_role(
+        request.user, publication.team_id, access.REVIEWING_ROLES
+    )
+    return {
+        "publication": publication,
+        "attempts": publication.attempt_rows.order_by("number"),
+        "can_act": can_act,
+        "return_to": request.get_full_path() if not request.htmx else _return_to(request),
+        **extra,
+    }
+
+
+def _scoped(request: HttpRequest, pk: int) -> Publication:
+    return access.get_scoped_or_404(access.publications(request.user), pk=pk)
+
+
+def _return_to(request: HttpRequest) -> str:
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return ""
+
+
+@require_GET
+def publication_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The fragment for htmx polling (it stops polling itself at a final state), a small page otherwise."""
+    publication = _scoped(request, pk)
+    template = FRAGMENT if request.htmx else PAGE
+    return render(request, template, publication_context(request, publication))
+
+
+def _act(request: HttpRequest, pk: int, *, action: str, run) -> HttpResponse:
+    publication = _scoped(request, pk)
+    access.require_role(request.user, publication.team, access.REVIEWING_ROLES, action=action)
+    expected_state = request.POST.get("state") or None
+    status, error = 200, ""
+    try:
+        run(publication=publication, expected_state=expected_state)
+    except publishing.InvalidTransition as exc:
+        status, error = 409, str(exc)
+    except publishing.VerificationFailed as exc:
+        status, error = 422, str(exc)
+    publication.refresh_from_db()
+    if request.htmx:
+        context = publication_context(request, publication, action_error=error)
+        return render(request, FRAGMENT, context, status=status)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, f"{publication}: {publication.get_state_display().lower()}.")
+    return redirect(_return_to(request) or reverse("incidents:publication_status", args=[publication.pk]))
+
+
+@require_POST
+def publication_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    def run(*, publication: Publication, expected_state: str | None) -> None:
+        publishing.retry_now(publication_id=publication.pk, user=request.user, expected_state=expected_state)
+
+    return _act(request, pk, action="retry a publication", run=run)
+
+
+@require_POST
+def publication_send_again(request: HttpRequest, pk: int) -> HttpResponse:
+    def run(*, publication: Publication, expected_state: str | None) -> None:
+        publishing.send_again(publication_id=publication.pk, user=request.user, expected_state=expected_state)
+
+    return _act(request, pk, action="send a publication again", run=run)
+
+
+@require_POST
+def publication_mark_published(request: HttpRequest, pk: int) -> HttpResponse:
+    def run(*, publication: Publication, expected_state: str | None) -> None:
+        publishing.mark_published(
+            publication_id=publication.pk,
+            user=request.user,
+            remote_id=request.POST.get("remote_id", ""),
+            expected_state=expected_state,
+        )
+
+    return _act(request, pk, action="mark a publication published", run=run)
