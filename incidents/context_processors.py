@@ -19,15 +19,6 @@ def navigation(request) -> dict[str, object]:
 
 
 def _review_count(user) -> int:
-    # Filled by the review workflow: revisions in review in my teams that I may approve.
-    from .models import Draft, DraftState
+    from .views.dashboard import awaiting_review
 
-    team_ids = access.team_ids(user, access.REVIEWING_ROLES)
-    if not team_ids:
-        return 0
-    return (
-        Draft.objects.filter(team_id__in=team_ids, state=DraftState.IN_REVIEW)
-        .exclude(author=user)
-        .exclude(last_editor=user)
-        .count()
-    )
+    return awaiting_review(user).count()

@@ -124,7 +124,7 @@ def test_healthz_answers_503_naming_redis_when_redis_is_unreachable(client, sett
 
 
 def test_preflight_stops_at_once_saying_what_to_start():
-    env = {k: v for k, v in os.environ.items()}
+    env = dict(os.environ)
     env["REDIS_URL"] = "redis://127.0.0.1:1/0"
     result = subprocess.run(
         [sys.executable, "-m", "isdown_admin.preflight"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60

@@ -2,10 +2,56 @@
 
 from __future__ import annotations
 
+from django.db.models import Max, Q
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from .. import access
+from ..models import DraftState, PublicationState
+
+MY_DRAFT_STATES = (
+    DraftState.DRAFT,
+    DraftState.IN_REVIEW,
+    DraftState.CHANGES_REQUESTED,
+    DraftState.APPROVED,
+    DraftState.PUBLISHING,
+    DraftState.FAILED,
+)
+PANEL_LIMIT = 20
+
+
+def awaiting_review(user):
+    """Drafts in review in teams where I approve, that I neither wrote nor last edited; oldest first."""
+    return (
+        access.drafts(user)
+        .filter(team_id__in=access.team_ids(user, access.REVIEWING_ROLES), state=DraftState.IN_REVIEW)
+        .exclude(Q(author=user) | Q(last_editor=user))
+        .annotate(submitted_at=Max("revisions__created_at"))
+        .order_by("submitted_at", "id")
+    )
+
 
 @require_GET
-def dashboard(request):
-    return render(request, "incidents/dashboard.html", {})
+def dashboard(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    my_drafts = (
+        access.drafts(user)
+        .filter(Q(author=user) | Q(last_editor=user), state__in=MY_DRAFT_STATES)
+        .prefetch_related("revisions__review__reviewer")
+        .order_by("-updated_at")[:PANEL_LIMIT]
+    )
+    publishing = (
+        access.publications(user)
+        .exclude(state=PublicationState.PUBLISHED)
+        .select_related("draft__service")
+        .order_by("-updated_at")[:PANEL_LIMIT]
+    )
+    context = {
+        "reviews": awaiting_review(user)[:PANEL_LIMIT],
+        "my_drafts": my_drafts,
+        "publishing": publishing,
+        "open_incidents": access.incidents(user).filter(resolved=False).order_by("-last_activity_at")[:PANEL_LIMIT],
+        "can_draft": bool(access.team_ids(user, access.DRAFTING_ROLES)),
+    }
+    return render(request, "incidents/dashboard.html", context)

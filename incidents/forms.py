@@ -1,0 +1,108 @@
+"""Forms validate input; they change nothing (workflow.py does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from . import access
+from .models import (
+    COMMENT_MAX_LENGTH,
+    DESCRIPTION_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    DraftKind,
+    Incident,
+    ReviewDecision,
+    Service,
+    Severity,
+    Stage,
+)
+
+
+class DraftForm(forms.Form):
+    """One form for both kinds of draft.
+
+    ``open``: service, title, severity, description, stage (all but description required).
+    ``update``: title and severity start from the incident; description and stage go together (IsDown's
+    rule) and at least something must change.
+    """
+
+    service = forms.ModelChoiceField(queryset=Service.objects.none(), label="Service", empty_label="Choose a service")
+    title = forms.CharField(label="Title", max_length=TITLE_MAX_LENGTH, strip=True)
+    severity = forms.ChoiceField(label="Severity", choices=Severity.choices)
+    description = forms.CharField(
+        label="Description", max_length=DESCRIPTION_MAX_LENGTH, required=False, widget=forms.Textarea, strip=True
+    )
+    stage = forms.ChoiceField(label="Stage", choices=Stage.choices, initial=Stage.INVESTIGATING)
+
+    def __init__(self, *args: Any, user, kind: str, incident: Incident | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+        self.incident = incident
+        if kind == DraftKind.OPEN:
+            self.fields["service"].queryset = access.services(user, access.DRAFTING_ROLES)
+        else:
+            del self.fields["service"]
+            self.fields["stage"].required = False
+            self.fields["stage"].choices = [("", "No stage change (no update posted)"), *Stage.choices]
+            self.fields["description"].help_text = "Posted as a new update. Description and stage go together."
+        for name, field in self.fields.items():
+            field.widget.attrs.setdefault("id", f"id_{name}")
+        self.fields["title"].widget.attrs["maxlength"] = TITLE_MAX_LENGTH
+        self.fields["description"].widget.attrs.update({"maxlength": DESCRIPTION_MAX_LENGTH, "rows": 8})
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.kind == DraftKind.UPDATE:
+            description, stage = data.get("description", ""), data.get("stage", "")
+            if description and not stage:
+                self.add_error("stage", "Choose the stage this update announces: IsDown needs both together.")
+            if stage and not description and "description" not in self.errors:
+                self.add_error("description", "Write the update's text: IsDown needs description and stage together.")
+            incident = self.incident
+            unchanged = (
+                incident is not None
+                and data.get("title") == incident.title
+                and data.get("severity") == incident.severity
+                and not description
+                and not stage
+            )
+            if unchanged and not self.errors:
+                raise forms.ValidationError("Nothing to send: change the title or severity, or write an update.")
+        return data
+
+    def draft_fields(self) -> dict[str, str]:
+        data = self.cleaned_data
+        return {name: data.get(name) or "" for name in ("title", "severity", "description", "stage")}
+
+
+class ReviewForm(forms.Form):
+    decision = forms.ChoiceField(choices=ReviewDecision.choices)
+    revision = forms.IntegerField(widget=forms.HiddenInput)
+    comment = forms.CharField(
+        label="Comment", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if (
+            data.get("decision") in (ReviewDecision.REQUEST_CHANGES, ReviewDecision.REJECT)
+            and not data.get("comment", "").strip()
+        ):
+            self.add_error("comment", "A comment is required to ask for changes or to reject.")
+        return data
+
+
+class IncidentFilterForm(forms.Form):
+    q = forms.CharField(label="Search titles", required=False, max_length=200)
+    service = forms.ModelChoiceField(queryset=Service.objects.none(), required=False, empty_label="All services")
+    severity = forms.ChoiceField(choices=[("", "Any severity"), *Severity.choices], required=False)
+    stage = forms.ChoiceField(choices=[("", "Any stage"), *Stage.choices], required=False)
+    status = forms.ChoiceField(
+        choices=[("", "Open and resolved"), ("open", "Open"), ("resolved", "Resolved")], required=False
+    )
+
+    def __init__(self, *args: Any, user, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fields["service"].queryset = access.services(user)

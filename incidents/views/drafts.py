@@ -1,0 +1,212 @@
+"""Writing drafts: the htmx form that validates as you go, previews the exact request, and saves, submits,
+withdraws or discards through workflow.py. Every action also works as a plain POST without JavaScript."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+from django_htmx.http import HttpResponseClientRedirect
+
+from .. import access, workflow
+from ..diffs import diff_fields
+from ..forms import DraftForm
+from ..models import Draft, DraftKind, Incident, Stage
+
+TEMPLATE = "incidents/draft.html"
+FIELD_LABELS = {"title": "Title", "severity": "Severity", "description": "Description", "stage": "Stage"}
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[str, Any]:
+    """What the status page will show and the exact request, built from the form as it stands."""
+    raw = {name: form.data.get(name, "") for name in ("title", "severity", "description", "stage")}
+    preview: dict[str, Any] = {
+        "raw": raw,
+        "valid": form.is_valid(),
+        "stage_label": dict(Stage.choices).get(raw["stage"]),
+    }
+    if preview["valid"]:
+        service = form.cleaned_data["service"] if kind == DraftKind.OPEN else incident.service
+        method, path, body = workflow.build_request(
+            kind=kind, service=service, incident=incident, fields=form.draft_fields()
+        )
+        preview.update(method=method, path=path, body_json=json.dumps(body, indent=2, ensure_ascii=False))
+    return preview
+
+
+def _wire_live_validation(form: DraftForm, url: str) -> None:
+    """Each field posts the form to ``url`` as the user types or leaves it; the answer is the preview plus
+    that field's errors (out of band). Without JavaScript these attributes do nothing."""
+    for name, field in form.fields.items():
+        typing = name in ("title", "description")
+        field.widget.attrs.update(
+            {
+                "hx-post": url,
+                "hx-trigger": "change, keyup changed delay:600ms" if typing else "change",
+                "hx-target": "#preview",
+                "hx-swap": "outerHTML",
+                "hx-vals": '{"action": "validate"}',
+                "hx-sync": "this:replace",
+            }
+        )
+
+
+def _context(request: HttpRequest, form: DraftForm, *, kind: str, incident: Incident | None, draft: Draft | None):
+    _wire_live_validation(form, request.path)
+    return {
+        "form": form,
+        "kind": kind,
+        "incident": incident,
+        "draft": draft,
+        "preview": _preview(form, kind=kind, incident=incident) if form.is_bound else None,
+        "post_url": request.path,
+        "revisions": list(draft.revisions.select_related("review", "review__reviewer")) if draft else [],
+        "role": access.role_in(request.user, draft.team if draft else (incident.service.team if incident else 0)),
+        "can_draft": draft is None or access.has_role(request.user, draft.team, access.DRAFTING_ROLES),
+        "can_review": draft is not None and access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
+    }
+
+
+def _render(request: HttpRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    template = f"{TEMPLATE}#draft-panel" if request.htmx else TEMPLATE
+    return render(request, template, context, status=status)
+
+
+def _validate(request: HttpRequest, form: DraftForm, *, kind: str, incident: Incident | None) -> HttpResponse:
+    """The htmx answer while typing: the preview, plus the errors of the field that triggered it."""
+    form.is_valid()
+    trigger = request.htmx.trigger_name if request.htmx else None
+    fields = [trigger] if trigger in form.fields else list(form.fields)
+    context = {
+        "preview": _preview(form, kind=kind, incident=incident),
+        "form": form,
+        "oob_fields": [form[name] for name in fields],
+        "kind": kind,
+        "incident": incident,
+    }
+    return render(request, f"{TEMPLATE}#validation", context)
+
+
+def _initial_for_update(incident: Incident, resolve: bool) -> dict[str, str]:
+    return {
+        "title": incident.title,
+        "severity": incident.severity,
+        "stage": Stage.RESOLVED if resolve else "",
+        "description": "",
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def draft_new(request: HttpRequest) -> HttpResponse:
+    """A new incident: service, title, severity, description, stage."""
+    if not access.team_ids(request.user, access.DRAFTING_ROLES):
+        raise access.RoleRequired(access.DRAFTING_ROLES, action="draft an incident")
+    return _new(request, kind=DraftKind.OPEN, incident=None)
+
+
+@require_http_methods(["GET", "POST"])
+def update_new(request: HttpRequest, pk: int) -> HttpResponse:
+    """An update to an existing incident (``?resolve=1`` preselects the resolved stage)."""
+    incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
+    access.require_role(request.user, incident.service.team, access.DRAFTING_ROLES, action="post an update")
+    if not incident.remote_id:
+        messages.warning(request, "This incident is not on IsDown yet: updates can be drafted once it is published.")
+        return redirect("incidents:incident_detail", pk=incident.pk)
+    return _new(request, kind=DraftKind.UPDATE, incident=incident)
+
+
+def _new(request: HttpRequest, *, kind: str, incident: Incident | None) -> HttpResponse:
+    if request.method == "GET":
+        initial: dict[str, Any] = {"stage": Stage.INVESTIGATING, "severity": "minor"}
+        if incident is not None:
+            initial = _initial_for_update(incident, request.GET.get("resolve") == "1")
+        elif request.GET.get("service"):
+            initial["service"] = request.GET["service"]
+        form = DraftForm(user=request.user, kind=kind, incident=incident, initial=initial)
+        return _render(request, _context(request, form, kind=kind, incident=incident, draft=None))
+
+    form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident)
+    action = request.POST.get("action", "save")
+    if action == "validate":
+        return _validate(request, form, kind=kind, incident=incident)
+    if action not in ("save", "submit") or not form.is_valid():
+        status = 422 if form.errors else 200
+        return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), status)
+    service = form.cleaned_data["service"] if kind == DraftKind.OPEN else incident.service
+    try:
+        draft = workflow.create(
+            user=request.user, service=service, kind=kind, fields=form.draft_fields(), incident=incident
+        )
+        if action == "submit":
+            workflow.submit(draft_id=draft.pk, user=request.user)
+    except workflow.WorkflowError as exc:
+        form.add_error(None, str(exc))
+        return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), 422)
+    if action == "submit":
+        messages.success(request, "Submitted for review. Approvers of your team have been notified.")
+    else:
+        messages.success(request, "Draft saved.")
+    return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft.pk}))
+
+
+@require_http_methods(["GET", "POST"])
+def draft_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    draft = access.get_scoped_or_404(access.drafts(request.user), pk=pk)
+    kind, incident = draft.kind, draft.incident
+    if request.method == "GET":
+        initial = {**workflow.draft_fields(draft), "service": draft.service_id}
+        form = DraftForm(user=request.user, kind=kind, incident=incident, initial=initial)
+        return _render(request, _context(request, form, kind=kind, incident=incident, draft=draft))
+
+    action = request.POST.get("action", "save")
+    access.require_role(request.user, draft.team, access.DRAFTING_ROLES, action="change a draft")
+    if action in ("withdraw", "discard"):
+        try:
+            getattr(workflow, action)(draft_id=draft.pk, user=request.user)
+        except workflow.WorkflowError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(
+                request, "Withdrawn from review: you can edit it again." if action == "withdraw" else "Draft discarded."
+            )
+        return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft.pk}))
+
+    form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident)
+    if action == "validate":
+        return _validate(request, form, kind=kind, incident=incident)
+    context = _context(request, form, kind=kind, incident=incident, draft=draft)
+    if action not in ("save", "submit") or not form.is_valid():
+        return _render(request, context, 422 if form.errors else 200)
+    if kind == DraftKind.OPEN and form.cleaned_data["service"].pk != draft.service_id:
+        form.add_error("service", "The service of a draft cannot change; start a new draft for another service.")
+        return _render(request, context, 422)
+    try:
+        version = int(request.POST.get("version", "0"))
+    except ValueError:
+        version = 0
+    try:
+        draft = workflow.save(
+            draft_id=draft.pk, user=request.user, expected_version=version, fields=form.draft_fields()
+        )
+        if action == "submit":
+            workflow.submit(draft_id=draft.pk, user=request.user, expected_version=draft.version)
+    except workflow.EditConflict as exc:
+        context.update(
+            conflict=exc.current,
+            conflict_diff=diff_fields(workflow.draft_fields(exc.current), form.draft_fields(), FIELD_LABELS),
+        )
+        return _render(request, context, 409)
+    except workflow.WorkflowError as exc:
+        form.add_error(None, str(exc))
+        return _render(request, context, 422)
+    messages.success(request, "Submitted for review." if action == "submit" else "Draft saved.")
+    return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft.pk}))

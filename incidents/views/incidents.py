@@ -1,0 +1,72 @@
+"""The incident list and an incident's page."""
+
+from __future__ import annotations
+
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from .. import access
+from ..forms import IncidentFilterForm
+from ..models import DraftState
+
+PAGE_SIZE = 25
+PENDING_DRAFT_STATES = (DraftState.DRAFT, DraftState.IN_REVIEW, DraftState.CHANGES_REQUESTED, DraftState.APPROVED)
+
+
+@require_GET
+def incident_list(request: HttpRequest) -> HttpResponse:
+    form = IncidentFilterForm(request.GET or None, user=request.user)
+    incidents = access.incidents(request.user)
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["q"]:
+            incidents = incidents.filter(title__icontains=data["q"])
+        if data["service"]:
+            incidents = incidents.filter(service=data["service"])
+        if data["severity"]:
+            incidents = incidents.filter(severity=data["severity"])
+        if data["stage"]:
+            incidents = incidents.filter(stage=data["stage"])
+        if data["status"] == "open":
+            incidents = incidents.filter(resolved=False)
+        elif data["status"] == "resolved":
+            incidents = incidents.filter(resolved=True)
+    page = Paginator(incidents.order_by("-last_activity_at", "-id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "form": form,
+        "page": page,
+        "query": query.urlencode(),
+        "can_draft": bool(access.team_ids(request.user, access.DRAFTING_ROLES)),
+    }
+    template = "incidents/incident_list.html#results" if request.htmx else "incidents/incident_list.html"
+    return render(request, template, context)
+
+
+@require_GET
+def incident_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
+    team = incident.service.team
+    drafts = (
+        access.drafts(request.user)
+        .filter(Q(incident=incident) | Q(publications__incident=incident))
+        .distinct()
+        .order_by("-updated_at")
+    )
+    context = {
+        "incident": incident,
+        "updates": list(incident.updates.order_by("-position")),
+        "pending_drafts": [d for d in drafts if d.state in PENDING_DRAFT_STATES],
+        "drafts": drafts,
+        "publications": access.publications(request.user)
+        .filter(incident=incident)
+        .prefetch_related("attempt_rows")
+        .order_by("-created_at"),
+        "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
+        "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
+    }
+    return render(request, "incidents/incident_detail.html", context)

@@ -1,0 +1,87 @@
+"""The review page: the revision exactly as it will be sent, what changed, and the decision."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+from django_htmx.http import HttpResponseClientRedirect
+
+from .. import access, workflow
+from ..diffs import diff_fields
+from ..forms import ReviewForm
+from ..models import DraftKind, DraftState, ReviewDecision
+from .drafts import FIELD_LABELS
+
+
+def _incident_state(draft) -> dict[str, str]:
+    incident = draft.incident
+    return {"title": incident.title, "severity": incident.severity, "description": "", "stage": incident.stage}
+
+
+def review_context(request: HttpRequest, draft) -> dict:
+    revisions = list(draft.revisions.select_related("review", "review__reviewer", "submitted_by").order_by("number"))
+    revision = revisions[-1] if revisions else None
+    previous = revisions[-2] if len(revisions) > 1 else None
+    context = {
+        "draft": draft,
+        "revision": revision,
+        "previous": previous,
+        "request_json": json.dumps(revision.body, indent=2, ensure_ascii=False) if revision else "",
+        "in_review": draft.state == DraftState.IN_REVIEW,
+        "can_review": access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
+        "own_revision": revision is not None and request.user.pk in (revision.author_id, revision.last_editor_id),
+        "decisions": ReviewDecision,
+    }
+    if revision is not None and previous is not None:
+        context["revision_diff"] = diff_fields(previous.fields, revision.fields, FIELD_LABELS)
+    if revision is not None and draft.kind == DraftKind.UPDATE:
+        context["incident_diff"] = diff_fields(_incident_state(draft), revision.fields, FIELD_LABELS)
+    return context
+
+
+@require_http_methods(["GET", "POST"])
+def draft_review(request: HttpRequest, pk: int) -> HttpResponse:
+    draft = access.get_scoped_or_404(access.drafts(request.user), pk=pk)
+    if request.method == "GET":
+        context = review_context(request, draft)
+        context["form"] = ReviewForm(initial={"revision": getattr(context["revision"], "pk", None)})
+        return render(request, "incidents/review.html", context)
+
+    access.require_role(request.user, draft.team, access.REVIEWING_ROLES, action="review a draft")
+    form = ReviewForm(request.POST)
+    if not form.is_valid():
+        context = {**review_context(request, draft), "form": form}
+        template = "incidents/review.html#decision" if request.htmx else "incidents/review.html"
+        return render(request, template, context, status=422)
+    action = {
+        ReviewDecision.APPROVE: workflow.approve,
+        ReviewDecision.REQUEST_CHANGES: workflow.request_changes,
+        ReviewDecision.REJECT: workflow.reject,
+    }[ReviewDecision(form.cleaned_data["decision"])]
+    try:
+        action(
+            draft_id=draft.pk,
+            revision_id=form.cleaned_data["revision"],
+            reviewer=request.user,
+            comment=form.cleaned_data["comment"],
+        )
+    except workflow.WorkflowError as exc:
+        messages.error(request, str(exc))
+        url = reverse("incidents:draft_review", kwargs={"pk": draft.pk})
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    decision = ReviewDecision(form.cleaned_data["decision"])
+    messages.success(
+        request,
+        {
+            ReviewDecision.APPROVE: "Approved. The publication is queued and will be sent to IsDown shortly.",
+            ReviewDecision.REQUEST_CHANGES: "Changes requested. The author has been told.",
+            ReviewDecision.REJECT: "Rejected. The author has been told.",
+        }[decision],
+    )
+    url = reverse("incidents:draft_detail", kwargs={"pk": draft.pk})
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
