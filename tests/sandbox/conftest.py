@@ -4,6 +4,7 @@ tests, and the sandbox over real HTTP (``live_server``) with the real IsDown cli
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,10 +49,17 @@ def call(db, sandbox_key) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def live_sandbox(live_server) -> str:
-    """The sandbox's base URL on a real, threaded HTTP server, with service 1001 registered."""
+def live_sandbox(live_server) -> Iterator[str]:
+    """The sandbox's base URL on a real, threaded HTTP server, with service 1001 registered.
+
+    On teardown it waits for the server's request threads to finish (a hang fault outlives the client's
+    timeout), so no request touches the database after the test has given it back."""
     register_service(1001, "API")
-    return f"{live_server.url}/sandbox"
+    yield f"{live_server.url}/sandbox"
+    for thread in threading.enumerate():
+        # socketserver names its per-connection threads after their target.
+        if "process_request_thread" in thread.name:
+            thread.join(timeout=30)
 
 
 @pytest.fixture
