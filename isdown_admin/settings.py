@@ -300,7 +300,7 @@ if PUBLISH_BACKOFF_CAP >= CELERY_VISIBILITY_TIMEOUT:
 # A lease must outlive the longest call (httpx applies ISDOWN_TIMEOUT per phase: connect, write, read, pool),
 # or the sweeper could reconcile, and send again, while the first request is still on its way.
 if PUBLISH_LEASE_SECONDS <= 4 * ISDOWN_TIMEOUT:
-    raise ImproperlyConfigured("PUBLISH_LEASE_SECONDS must exceed 4 × ISDOWN_TIMEOUT")
+    raise ImproperlyConfigured("PUBLISH_LEASE_SECONDS must exceed 4 x ISDOWN_TIMEOUT")
 
 # --- Celery -----------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
@@ -331,5 +331,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+    },
 }

@@ -17,6 +17,7 @@ MY_DRAFT_STATES = (
     DraftState.APPROVED,
     DraftState.PUBLISHING,
     DraftState.FAILED,
+    DraftState.REJECTED,
 )
 PANEL_LIMIT = 20
 
