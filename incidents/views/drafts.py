@@ -51,7 +51,7 @@ def _wire_live_validation(form: DraftForm, url: str) -> None:
         field.widget.attrs.update(
             {
                 "hx-post": url,
-                "hx-trigger": "change, keyup changed delay:600ms" if typing else "change",
+                "hx-trigger": "blur, input changed delay:600ms" if typing else "change",
                 "hx-target": "#preview",
                 "hx-swap": "outerHTML",
                 "hx-vals": '{"action": "validate"}',

@@ -1,0 +1,76 @@
+"""The whole four-eyes flow in a real browser: draft with live validation, preview, submit, approve, audit."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from incidents.models import Draft, DraftState, Publication
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    """The publication is queued; sending it is the worker's business (tests/publishing)."""
+    monkeypatch.setattr("incidents.tasks.enqueue_publication", lambda publication_id: None)
+
+
+def sign_in(page: Page, base: str, username: str, password: str) -> None:
+    page.goto(f"{base}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    expect(page.locator(".whoami .username")).to_have_text(username)
+
+
+def test_responder_drafts_with_live_validation_and_approver_approves(
+    live_server, browser, responder, approver, api_service, password, csp_violations, page
+):
+    base = live_server.url
+    sign_in(page, base, "responder", password)
+    page.click("text=New incident")
+    expect(page).to_have_url(re.compile(r"/drafts/new/$"))
+
+    page.select_option("#id_service", label="API (#1001)")
+    # Leave the title empty: the server's error appears next to the field without a page load.
+    page.fill("#id_title", "x")
+    page.fill("#id_title", "")
+    page.locator("#id_title").blur()
+    expect(page.locator("#errors-title")).to_contain_text("This field is required.")
+
+    page.fill("#id_title", "Elevated API errors")
+    page.locator("#id_title").blur()
+    expect(page.locator("#errors-title")).to_be_empty()
+    expect(page.locator("[data-counter-for=id_title]")).to_have_text("19 / 255")
+
+    page.select_option("#id_severity", "major")
+    page.fill("#id_description", "We are seeing elevated 5xx responses on the public API.")
+    page.locator("#id_description").blur()
+    preview = page.locator("#request-preview")
+    expect(preview).to_contain_text("POST /api/v2/incidents")
+    expect(preview).to_contain_text('"title": "Elevated API errors"')
+    expect(preview).to_contain_text('"status": "major"')
+
+    page.click("button[value=submit]")
+    expect(page.locator("#draft-state")).to_have_text("In review")
+    draft = Draft.objects.get()
+    assert draft.state == DraftState.IN_REVIEW
+
+    approver_page = browser.new_context().new_page()
+    sign_in(approver_page, base, "approver", password)
+    expect(approver_page.locator("#review-count")).to_have_text("1")
+    approver_page.click("#panel-reviews a")
+    expect(approver_page.locator("#revision-request")).to_contain_text('"title": "Elevated API errors"')
+    approver_page.click("button[value=approve]")
+    expect(approver_page.locator(".msg-success")).to_contain_text("Approved")
+    expect(approver_page.locator("#review-count")).to_have_count(0)
+    assert Publication.objects.get().revision.draft == draft
+
+    approver_page.goto(f"{base}/audit/")
+    log = approver_page.locator("main")
+    for action in ("draft.created", "draft.submitted", "review.approved"):
+        expect(log).to_contain_text(action)
+    assert csp_violations == []
