@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .views import audit, dashboard, drafts, incidents, reviews, services
+from .views import audit, dashboard, drafts, incidents, publications, reviews, services
 
 app_name = "incidents"
 
@@ -17,4 +17,12 @@ urlpatterns = [
     path("audit/export.csv", audit.audit_export_csv, name="audit_export_csv"),
     path("audit/export.jsonl", audit.audit_export_jsonl, name="audit_export_jsonl"),
     path("audit/verify/", audit.audit_verify, name="audit_verify"),
+    path("publications/<int:pk>/", publications.publication_status, name="publication_status"),
+    path("publications/<int:pk>/retry/", publications.publication_retry, name="publication_retry"),
+    path("publications/<int:pk>/send-again/", publications.publication_send_again, name="publication_send_again"),
+    path(
+        "publications/<int:pk>/mark-published/",
+        publications.publication_mark_published,
+        name="publication_mark_published",
+    ),
 ]
