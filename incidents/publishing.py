@@ -37,7 +37,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import access, audit, isdown, sync
+from . import access, audit, isdown, sync, workflow  # workflow owns the canonical form of a request
 from .models import (
     AttemptKind,
     Draft,
@@ -112,9 +112,7 @@ def countdown_for(delay: float) -> float:
 
 def request_intact(revision: Revision) -> bool:
     """The revision's stored hash equals a recomputation over the method, path and body it would send."""
-    from .workflow import request_sha256  # workflow owns the canonical form of a request
-
-    return request_sha256(revision.method, revision.path, revision.body) == revision.sha256
+    return workflow.request_sha256(revision.method, revision.path, revision.body) == revision.sha256
 
 
 def make_client() -> isdown.IsDownClient:
