@@ -411,3 +411,14 @@ def test_dashboard_panels_and_review_count(in_review, responder, approver, as_us
 def test_every_action_is_audited(in_review, responder, approver, as_user):
     actions = set(AuditEvent.objects.values_list("action", flat=True))
     assert {"draft.created", "draft.submitted"} <= actions
+
+
+def test_draft_page_shows_its_history_to_approvers_and_its_publication(in_review, approver, approver2, as_user):
+    revision = in_review.revisions.get()
+    workflow.approve(draft_id=in_review.pk, revision_id=revision.pk, reviewer=approver)
+    body = as_user(approver2).get(f"/drafts/{in_review.pk}/").content.decode()
+    assert 'id="history"' in body
+    assert "draft.submitted" in body and "review.approved" in body
+    publication = Publication.objects.get()
+    assert f'id="publication-{publication.pk}"' in body
+    assert f'hx-get="/publications/{publication.pk}/"' in body  # polls while queued

@@ -26,7 +26,8 @@ PRODUCTION_ENV = {
 
 
 def manage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
+    # Only the variables a deployment would have: nothing test-only (e.g. DJANGO_ALLOW_ASYNC_UNSAFE) leaks in.
+    full_env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV and k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=120

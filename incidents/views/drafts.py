@@ -16,6 +16,8 @@ from django_htmx.http import HttpResponseClientRedirect
 from .. import access, workflow
 from ..diffs import diff_fields
 from ..forms import DraftForm
+from .audit import history_for
+from .publications import publication_context
 from ..models import Draft, DraftKind, Incident, Stage
 
 TEMPLATE = "incidents/draft.html"
@@ -73,6 +75,12 @@ def _context(request: HttpRequest, form: DraftForm, *, kind: str, incident: Inci
         "role": access.role_in(request.user, draft.team if draft else (incident.service.team if incident else 0)),
         "can_draft": draft is None or access.has_role(request.user, draft.team, access.DRAFTING_ROLES),
         "can_review": draft is not None and access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
+        "publication_blocks": [
+            publication_context(request, publication) for publication in draft.publications.order_by("-created_at")
+        ]
+        if draft
+        else [],
+        "history": history_for(request.user, target_type="draft", target_ids=[draft.pk]) if draft else None,
     }
 
 

@@ -11,6 +11,8 @@ from django.views.decorators.http import require_GET
 from .. import access
 from ..forms import IncidentFilterForm
 from ..models import DraftState
+from .audit import history_for
+from .publications import publication_context
 
 PAGE_SIZE = 25
 PENDING_DRAFT_STATES = (DraftState.DRAFT, DraftState.IN_REVIEW, DraftState.CHANGES_REQUESTED, DraftState.APPROVED)
@@ -62,10 +64,13 @@ def incident_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "updates": list(incident.updates.order_by("-position")),
         "pending_drafts": [d for d in drafts if d.state in PENDING_DRAFT_STATES],
         "drafts": drafts,
-        "publications": access.publications(request.user)
-        .filter(incident=incident)
-        .prefetch_related("attempt_rows")
-        .order_by("-created_at"),
+        "publication_blocks": [
+            publication_context(request, publication)
+            for publication in access.publications(request.user).filter(incident=incident).order_by("-created_at")
+        ],
+        "history": history_for(
+            request.user, target_type="incident", target_ids=[incident.pk], also={"draft": [d.pk for d in drafts]}
+        ),
         "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
         "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
     }
