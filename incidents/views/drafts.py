@@ -16,9 +16,9 @@ from django_htmx.http import HttpResponseClientRedirect
 from .. import access, workflow
 from ..diffs import diff_fields
 from ..forms import DraftForm
+from ..models import Draft, DraftKind, Incident, Stage
 from .audit import history_for
 from .publications import publication_context
-from ..models import Draft, DraftKind, Incident, Stage
 
 TEMPLATE = "incidents/draft.html"
 FIELD_LABELS = {"title": "Title", "severity": "Severity", "description": "Description", "stage": "Stage"}
