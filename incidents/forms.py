@@ -41,7 +41,10 @@ class DraftForm(forms.Form):
         self.kind = kind
         self.incident = incident
         if kind == DraftKind.OPEN:
-            self.fields["service"].queryset = access.services(user, access.DRAFTING_ROLES)
+            services = access.services(user, access.DRAFTING_ROLES)
+            self.fields["service"].queryset = services
+            if not self.is_bound and "service" not in self.initial and services.count() == 1:
+                self.initial["service"] = services.get().pk  # one choice: nothing to choose
         else:
             del self.fields["service"]
             self.fields["stage"].required = False
