@@ -55,8 +55,10 @@ def live_sandbox(live_server) -> Iterator[str]:
     On teardown it waits for the server's request threads to finish (a hang fault outlives the client's
     timeout), so no request touches the database after the test has given it back."""
     register_service(1001, "API")
+    # Only this test's connections: earlier ones (a browser's or a worker's keep-alive) may idle for long.
+    before = set(threading.enumerate())
     yield f"{live_server.url}/sandbox"
-    for thread in threading.enumerate():
+    for thread in set(threading.enumerate()) - before:
         # socketserver names its per-connection threads after their target.
         if "process_request_thread" in thread.name:
             thread.join(timeout=30)
