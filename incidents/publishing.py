@@ -231,9 +231,7 @@ def _claim_send(publication: Publication, *, now: datetime, task_id: str) -> _Cl
         path=revision.path,
         request_body=revision.body,
     )
-    Draft.objects.filter(pk=publication.draft_id, state__in=(DraftState.APPROVED, DraftState.FAILED)).update(
-        state=DraftState.PUBLISHING, updated_at=now
-    )
+    workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.PUBLISHING)
     audit.record(
         "publication.sending",
         summary=f"Sending attempt {publication.attempts} of {publication}: {revision.method} {revision.path}",
@@ -446,9 +444,7 @@ def _fail(publication: Publication, *, reason: str, action: str, now: datetime, 
     publication.lease_expires_at = None
     publication.next_attempt_at = None
     publication.save(update_fields=["state", "last_error", "lease_expires_at", "next_attempt_at", "updated_at"])
-    Draft.objects.filter(pk=publication.draft_id).exclude(state=DraftState.PUBLISHED).update(
-        state=DraftState.FAILED, updated_at=now
-    )
+    workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.FAILED)
     audit.record(
         action,
         summary=f"{publication} failed: {reason[:300]}",
@@ -510,8 +506,7 @@ def _publish(
         "how": how,
     }
     publication.save()
-    draft.state = DraftState.PUBLISHED
-    draft.save(update_fields=["state", "updated_at"])
+    workflow.follow_publication(draft_id=draft.pk, state=DraftState.PUBLISHED)
     audit.record(
         "publication.published",
         summary=f"{publication} published as IsDown incident #{remote.id} ({how})",
@@ -750,9 +745,7 @@ def retry_now(*, publication_id: int, user: Any, expected_state: str | None = No
         publication.next_attempt_at = None
         publication.lease_expires_at = None
         publication.save(update_fields=["state", "attempts", "next_attempt_at", "lease_expires_at", "updated_at"])
-        Draft.objects.filter(pk=publication.draft_id, state=DraftState.FAILED).update(
-            state=DraftState.PUBLISHING, updated_at=timezone.now()
-        )
+        workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.PUBLISHING)
         audit.record(
             "publication.retry_requested",
             summary=f"{publication}: retry now ({'send' if before == S.FAILED else 'check IsDown again'})",
@@ -777,9 +770,7 @@ def send_again(*, publication_id: int, user: Any, expected_state: str | None = N
         publication.next_attempt_at = None
         publication.lease_expires_at = None
         publication.save(update_fields=["state", "attempts", "next_attempt_at", "lease_expires_at", "updated_at"])
-        Draft.objects.filter(pk=publication.draft_id, state=DraftState.FAILED).update(
-            state=DraftState.PUBLISHING, updated_at=timezone.now()
-        )
+        workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.PUBLISHING)
         audit.record(
             "publication.send_again",
             summary=f"{publication}: send again, confirmed by {user.get_username()}",

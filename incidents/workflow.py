@@ -19,6 +19,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
 from . import access, audit, notifications
 from .models import (
@@ -349,3 +350,21 @@ def reject(*, draft_id: int, revision_id: int, reviewer, comment: str) -> Decisi
     return _review(
         draft_id=draft_id, revision_id=revision_id, reviewer=reviewer, decision=ReviewDecision.REJECT, comment=comment
     )
+
+
+# --- Following the outbox --------------------------------------------------------------------------------
+# Once approved, a draft mirrors its publication. publishing.py reports each move here, inside its own
+# transaction (its audit event records the move); these are the only moves it may make.
+PUBLICATION_MOVES = {
+    DraftState.PUBLISHING: (DraftState.APPROVED, DraftState.FAILED),
+    DraftState.PUBLISHED: (DraftState.APPROVED, DraftState.PUBLISHING, DraftState.FAILED),
+    DraftState.FAILED: (DraftState.APPROVED, DraftState.PUBLISHING),
+}
+
+
+def follow_publication(*, draft_id: int, state: str) -> bool:
+    """Move an approved draft to ``publishing``, ``published`` or ``failed``; False when it was not in a
+    state that allows it (already there, or the publication's news is stale)."""
+    allowed = PUBLICATION_MOVES[DraftState(state)]
+    moved = Draft.objects.filter(pk=draft_id, state__in=allowed).update(state=state, updated_at=timezone.now())
+    return bool(moved)

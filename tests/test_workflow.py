@@ -282,3 +282,19 @@ def test_revisions_keep_the_chain_valid_through_a_whole_scenario(draft, responde
     ]
     result = verify_chain()
     assert result.ok, result.message()
+
+
+def test_an_approved_draft_follows_its_publication_only_forward(submitted, draft, approver):
+    workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver)
+    assert workflow.follow_publication(draft_id=draft.pk, state=DraftState.PUBLISHING)
+    assert workflow.follow_publication(draft_id=draft.pk, state=DraftState.PUBLISHED)
+    # Stale news of a failure cannot undo a publication.
+    assert not workflow.follow_publication(draft_id=draft.pk, state=DraftState.FAILED)
+    draft.refresh_from_db()
+    assert draft.state == DraftState.PUBLISHED
+
+
+def test_a_draft_in_review_does_not_follow_a_publication(submitted, draft):
+    assert not workflow.follow_publication(draft_id=draft.pk, state=DraftState.PUBLISHING)
+    draft.refresh_from_db()
+    assert draft.state == DraftState.IN_REVIEW
