@@ -180,23 +180,7 @@ def verify_chain(batch_size: int = 2000) -> VerifyResult:
 # --- Export -------------------------------------------------------------------------------------------------
 # Every hashed field is exported (plus the two hashes), so an unfiltered export can be re-verified offline
 # with nothing but this module's canonical JSON rule.
-EXPORT_COLUMNS = (
-    "seq",
-    "created_at",
-    "actor_id",
-    "actor_label",
-    "team_id",
-    "team_label",
-    "action",
-    "target_type",
-    "target_id",
-    "target_label",
-    "summary",
-    "changes",
-    "context",
-    "prev_hash",
-    "hash",
-)
+EXPORT_COLUMNS = (*HASHED_FIELDS, "prev_hash", "hash")
 # OWASP "CSV injection": a cell starting with one of these may be run as a formula by a spreadsheet.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 # Rows are gathered into chunks of about this many characters: one write per row is slow, one per export

@@ -732,56 +732,70 @@ def _enqueue_after_commit(publication_id: int) -> None:
     transaction.on_commit(lambda: enqueue_publication(publication_id))
 
 
-def retry_now(*, publication_id: int, user: Any, expected_state: str | None = None) -> Publication:
-    """Approver: a failed publication is queued again with a fresh attempt budget; one that needs attention
-    is checked again (reconcile), which sends nothing by itself."""
+def _requeue_by_human(
+    publication_id: int,
+    *,
+    user: Any,
+    expected_state: str | None,
+    verb: str,
+    to_state: Any,
+    action: str,
+    summary: str,
+    context: dict[str, Any] | None = None,
+) -> Publication:
+    """One approver action on a failed or stuck publication: lock, check, move, audit, enqueue after commit.
+    ``to_state`` is the new state, or a function of the current one."""
     with transaction.atomic():
         publication = _lock_for_human(publication_id, allowed=RETRYABLE_BY_HUMAN, expected_state=expected_state)
-        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="retry a publication")
+        access.require_role(user, publication.team, access.REVIEWING_ROLES, action=verb)
         before = publication.state
-        publication.state = S.QUEUED if before == S.FAILED else S.RECONCILING
-        if before == S.FAILED:
-            publication.attempts = 0
+        publication.state = to_state(before) if callable(to_state) else to_state
+        if publication.state == S.QUEUED:
+            publication.attempts = 0  # a fresh attempt budget for a new send
         publication.next_attempt_at = None
         publication.lease_expires_at = None
         publication.save(update_fields=["state", "attempts", "next_attempt_at", "lease_expires_at", "updated_at"])
         workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.PUBLISHING)
         audit.record(
-            "publication.retry_requested",
-            summary=f"{publication}: retry now ({'send' if before == S.FAILED else 'check IsDown again'})",
+            action,
+            summary=summary.format(publication=publication, before=before, user=user.get_username()),
             actor=user,
             team=publication.team,
             target=publication,
             changes={"state": [before, publication.state]},
+            context=context(publication) if callable(context) else context,
         )
         _enqueue_after_commit(publication.pk)
     return publication
+
+
+def retry_now(*, publication_id: int, user: Any, expected_state: str | None = None) -> Publication:
+    """Approver: a failed publication is queued again with a fresh attempt budget; one that needs attention
+    is checked again (reconcile), which sends nothing by itself."""
+    return _requeue_by_human(
+        publication_id,
+        user=user,
+        expected_state=expected_state,
+        verb="retry a publication",
+        to_state=lambda before: S.QUEUED if before == S.FAILED else S.RECONCILING,
+        action="publication.retry_requested",
+        summary="{publication}: retry now (from {before})",
+    )
 
 
 def send_again(*, publication_id: int, user: Any, expected_state: str | None = None) -> Publication:
     """Approver, after seeing the evidence: send the approved request again even though an earlier attempt
     may have landed. The only path to a send that reconciliation did not clear."""
-    with transaction.atomic():
-        publication = _lock_for_human(publication_id, allowed=RETRYABLE_BY_HUMAN, expected_state=expected_state)
-        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="send a publication again")
-        before = publication.state
-        publication.state = S.QUEUED
-        publication.attempts = 0
-        publication.next_attempt_at = None
-        publication.lease_expires_at = None
-        publication.save(update_fields=["state", "attempts", "next_attempt_at", "lease_expires_at", "updated_at"])
-        workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.PUBLISHING)
-        audit.record(
-            "publication.send_again",
-            summary=f"{publication}: send again, confirmed by {user.get_username()}",
-            actor=user,
-            team=publication.team,
-            target=publication,
-            changes={"state": [before, publication.state]},
-            context={"last_error": publication.last_error[:300]},
-        )
-        _enqueue_after_commit(publication.pk)
-    return publication
+    return _requeue_by_human(
+        publication_id,
+        user=user,
+        expected_state=expected_state,
+        verb="send a publication again",
+        to_state=S.QUEUED,
+        action="publication.send_again",
+        summary="{publication}: send again, confirmed by {user}",
+        context=lambda publication: {"last_error": publication.last_error[:300]},
+    )
 
 
 def mark_published(
