@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import views
 
@@ -13,5 +13,6 @@ urlpatterns = [
     path("status/<int:service_id>/", views.status_page, name="status"),
     path("api/v2/incidents", views.api_incidents, name="api_incidents"),
     path("api/v2/incidents/<str:incident_id>", views.api_incident, name="api_incident"),
-    path("api/<path:rest>", views.api_unknown, name="api_unknown"),
+    # Anything else under api/, newlines included: IsDown's JSON 404, never Django's HTML page.
+    re_path(r"^api/(?P<rest>[\s\S]*)\Z", views.api_unknown, name="api_unknown"),
 ]

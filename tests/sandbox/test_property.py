@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from incidents.isdown import parse_incident
@@ -92,6 +92,7 @@ def test_patch_answers_200_or_422(call, sandbox_service, body):
 
 @PROPERTY_SETTINGS
 @given(incident_id=url_parts, method=st.sampled_from(["GET", "PATCH", "DELETE"]), body=bodies)
+@example(incident_id="%2F%0A", method="GET", body={})  # once an HTML 404: "/\n" matched no API route
 def test_any_id_is_found_missing_or_refused(call, sandbox_service, incident_id, method, body):
     response = call(method, f"{API}/{incident_id}", raw=json.dumps(body).encode())
     assert response.status_code in {200, 204, 404, 422}
