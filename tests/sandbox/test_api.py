@@ -213,8 +213,9 @@ def test_unknown_ids_are_404(call, sandbox_service, incident_id, method):
     assert_error(call(method, f"{API}/{incident_id}", {"title": "x"}), 404, "not found")
 
 
-def test_unknown_api_path_is_a_json_404(call, sandbox_service):
-    assert_error(call("GET", "/sandbox/api/v2/teapots"), 404)
+@pytest.mark.parametrize("path", ["/sandbox/api/v2/teapots", f"{API}/%2F%0A", f"{API}/", "/sandbox/api/%0A"])
+def test_unknown_api_paths_are_json_404s(call, sandbox_service, path):
+    assert_error(call("GET", path), 404)
 
 
 def test_wrong_method_is_405_in_isdowns_format(call, sandbox_service):
