@@ -80,7 +80,14 @@ def _context(request: HttpRequest, form: DraftForm, *, kind: str, incident: Inci
         ]
         if draft
         else [],
-        "history": history_for(request.user, target_type="draft", target_ids=[draft.pk]) if draft else None,
+        "history": history_for(
+            request.user,
+            target_type="draft",
+            target_ids=[draft.pk],
+            also={"publication": list(draft.publications.values_list("pk", flat=True))},
+        )
+        if draft
+        else None,
     }
 
 

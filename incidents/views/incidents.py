@@ -59,17 +59,18 @@ def incident_detail(request: HttpRequest, pk: int) -> HttpResponse:
         .distinct()
         .order_by("-updated_at")
     )
+    publications = list(access.publications(request.user).filter(incident=incident).order_by("-created_at"))
     context = {
         "incident": incident,
         "updates": list(incident.updates.order_by("-position")),
         "pending_drafts": [d for d in drafts if d.state in PENDING_DRAFT_STATES],
         "drafts": drafts,
-        "publication_blocks": [
-            publication_context(request, publication)
-            for publication in access.publications(request.user).filter(incident=incident).order_by("-created_at")
-        ],
+        "publication_blocks": [publication_context(request, publication) for publication in publications],
         "history": history_for(
-            request.user, target_type="incident", target_ids=[incident.pk], also={"draft": [d.pk for d in drafts]}
+            request.user,
+            target_type="incident",
+            target_ids=[incident.pk],
+            also={"draft": [d.pk for d in drafts], "publication": [p.pk for p in publications]},
         ),
         "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
         "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
