@@ -47,9 +47,10 @@ beat: install
 	$(BIN)/$(BEAT_CMD)
 
 ## make test: the whole suite against the real PostgreSQL, Redis, a real Celery worker and Chromium.
+## --create-db: a fresh test database every time, so rows a killed run left behind cannot fail this one.
 test: install-dev
 	$(PY) -m isdown_admin.preflight
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m pytest --create-db $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .
