@@ -422,3 +422,14 @@ def test_draft_page_shows_its_history_to_approvers_and_its_publication(in_review
     publication = Publication.objects.get()
     assert f'id="publication-{publication.pk}"' in body
     assert f'hx-get="/publications/{publication.pk}/"' in body  # polls while queued
+
+
+def test_submit_emails_the_teams_other_approvers_with_a_link(
+    as_user, responder, approver, approver2, auditor, outsider, api_service, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        as_user(responder).post("/drafts/new/", new_draft_post(api_service, action="submit"))
+    draft = Draft.objects.get()
+    assert sorted(m.to[0] for m in mail.outbox) == ["approver2@example.com", "approver@example.com"]
+    assert f"/drafts/{draft.pk}/review/" in mail.outbox[0].body
+    assert "Review needed" in mail.outbox[0].subject
