@@ -274,6 +274,8 @@ ISDOWN_API_KEY = os.environ.get("ISDOWN_API_KEY") or ""
 # The sandbox emulates IsDown; it is mounted when no real key is configured, unless said otherwise.
 SANDBOX_ENABLED = env_bool("SANDBOX_ENABLED", not ISDOWN_API_KEY)
 SANDBOX_API_KEY = env_str("SANDBOX_API_KEY", "sandbox-key")
+# The sandbox's list call answers this many incidents a page (IsDown's pagination is undocumented).
+SANDBOX_PAGE_SIZE = env_int("SANDBOX_PAGE_SIZE", 25, minimum=1)
 _isdown_default = f"{SITE_URL}/sandbox" if not ISDOWN_API_KEY else "https://isdown.app"
 ISDOWN_API_URL = env_url("ISDOWN_API_URL", _isdown_default, {"http", "https"}).rstrip("/")
 if not DEBUG and ISDOWN_API_KEY and not ISDOWN_API_URL.startswith("https://"):

@@ -8,9 +8,11 @@ exactly those of create-an-incident.md's example.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.http import JsonResponse
 from django.utils import timezone
@@ -192,17 +194,35 @@ def delete(incident_id: str) -> None:
         find(incident_id, for_update=True).delete()
 
 
-def list_for(service_id: str | None) -> list[SandboxIncident]:
-    """GET /incidents[?service_id=N], newest first. [GUESS] the shape of IsDown's list call."""
+@dataclass(frozen=True)
+class Page:
+    """One page of the list: its incidents and the number of the next page (None on the last one)."""
+
+    incidents: list[SandboxIncident]
+    number: int
+    next_number: int | None
+
+
+def _positive_int(raw: str, name: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+        raise ApiError(f"{name} must be a positive integer")
+    return int(raw)
+
+
+def list_for(service_id: str | None, *, page: str | None = None, page_size: int | None = None) -> Page:
+    """GET /incidents[?service_id=N][&page=K], newest first, ``page_size`` a page. [GUESS] the shape of IsDown's
+    list call and its pagination (undocumented): JSON:API's ``links.next``, absolute, null on the last page."""
+    size = page_size or settings.SANDBOX_PAGE_SIZE
+    number = 1 if page is None else _positive_int(page, "Page")
     queryset = SandboxIncident.objects.select_related("service").order_by("-created_at", "-id")
-    if service_id is None:
-        return list(queryset)
-    if not service_id.isascii() or not service_id.isdigit() or len(service_id) > 18:
-        raise ApiError("Service id must be an integer")
-    service = SandboxService.objects.filter(service_id=int(service_id)).first()
-    if service is None:
-        raise ApiError("Service not found")
-    return list(queryset.filter(service=service))
+    if service_id is not None:
+        service = SandboxService.objects.filter(service_id=_positive_int(service_id, "Service id")).first()
+        if service is None:
+            raise ApiError("Service not found")
+        queryset = queryset.filter(service=service)
+    start = (number - 1) * size
+    rows = list(queryset[start : start + size + 1])
+    return Page(incidents=rows[:size], number=number, next_number=number + 1 if len(rows) > size else None)
 
 
 # --- Serialization ----------------------------------------------------------------------------------------
@@ -238,5 +258,5 @@ def document(incident: SandboxIncident, status: int = 200) -> JsonResponse:
     return JsonResponse({"data": resource(incident)}, status=status)
 
 
-def collection(incidents: list[SandboxIncident]) -> JsonResponse:
-    return JsonResponse({"data": [resource(incident) for incident in incidents]})
+def collection(page: Page, *, next_url: str | None) -> JsonResponse:
+    return JsonResponse({"data": [resource(incident) for incident in page.incidents], "links": {"next": next_url}})

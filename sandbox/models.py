@@ -34,9 +34,11 @@ class SandboxIncident(models.Model):
     created_at (ISO string)}], appended to under a row lock so concurrent PATCHes cannot lose one."""
 
     service = models.ForeignKey(SandboxService, on_delete=models.PROTECT, related_name="incidents")
-    title = models.CharField(max_length=255)
+    # The API enforces IsDown's documented limits and values; the table holds whatever "IsDown" may hold one day
+    # (a longer title, a new severity), so tests can make the app meet it.
+    title = models.TextField()
     description = models.TextField(blank=True)
-    status = models.CharField(max_length=10, default="minor")
+    status = models.CharField(max_length=40, default="minor")
     resolved = models.BooleanField(default=False)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
@@ -46,7 +48,6 @@ class SandboxIncident(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.CheckConstraint(condition=Q(status__in=SEVERITIES), name="sandbox_incident_status_valid"),
             models.CheckConstraint(
                 condition=Q(resolved=False, resolved_at__isnull=True) | Q(resolved=True, resolved_at__isnull=False),
                 name="sandbox_incident_resolved_at_iff_resolved",

@@ -104,11 +104,17 @@ def _method_not_allowed(allowed: str) -> api.ApiError:
 
 @sandbox_api
 def api_incidents(request: HttpRequest, body: bytes) -> HttpResponse:
-    """/api/v2/incidents: POST creates, GET lists (newest first, optionally one service)."""
+    """/api/v2/incidents: POST creates, GET lists (newest first, optionally one service, a page at a time)."""
     if request.method == "POST":
         return api.document(api.create(api.parse_object(body)), status=201)
     if request.method == "GET":
-        return api.collection(api.list_for(request.GET.get("service_id")))
+        page = api.list_for(request.GET.get("service_id"), page=request.GET.get("page"))
+        next_url = None
+        if page.next_number is not None:
+            query = request.GET.copy()
+            query["page"] = str(page.next_number)
+            next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        return api.collection(page, next_url=next_url)
     raise _method_not_allowed("GET, POST")
 
 

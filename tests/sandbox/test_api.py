@@ -182,6 +182,28 @@ def test_list_is_newest_first_and_per_service(call, sandbox_service):
     response = call("GET", f"{API}?service_id=1001")
     assert response.status_code == 200
     assert [item["id"] for item in response.json()["data"]] == [second["id"], first["id"]]
+    assert response.json()["links"] == {"next": None}  # one page: the list ends here
+
+
+def test_list_is_paginated_with_absolute_next_links_to_the_end(call, sandbox_service, settings):
+    settings.SANDBOX_PAGE_SIZE = 2
+    ids = [create(call, title=f"n{n}")["id"] for n in range(5)]
+    seen, url, pages = [], f"{API}?service_id=1001", 0
+    while url:
+        body = call("GET", url).json()
+        seen += [item["id"] for item in body["data"]]
+        pages += 1
+        url = body["links"]["next"]
+        if url:
+            assert url.startswith("http://testserver/sandbox/api/v2/incidents?") and "service_id=1001" in url
+            url = url.removeprefix("http://testserver")
+    assert pages == 3 and seen == ids[::-1]
+    assert call("GET", f"{API}?service_id=1001&page=9").json() == {"data": [], "links": {"next": None}}
+
+
+@pytest.mark.parametrize("page", ["0", "-1", "x", "1" * 30])
+def test_a_bad_page_number_is_422(call, sandbox_service, page):
+    assert_error(call("GET", f"{API}?service_id=1001&page={page}"), 422, "Page must be a positive integer")
 
 
 def test_delete_then_404(call, sandbox_service):
