@@ -83,6 +83,8 @@ class DraftForm(forms.Form):
 class ReviewForm(forms.Form):
     decision = forms.ChoiceField(choices=ReviewDecision.choices)
     revision = forms.IntegerField(widget=forms.HiddenInput)
+    # The SHA-256 the reviewer was shown: an approval binds to it.
+    sha256 = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
     comment = forms.CharField(
         label="Comment", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 3})
     )

@@ -79,13 +79,18 @@ class Service(models.Model):
 
 
 class Incident(models.Model):
-    """The local copy of one IsDown incident. `remote_id` stays empty until it is published."""
+    """The local copy of one IsDown incident. `remote_id` stays empty until it is published.
+
+    Title, severity and stage hold whatever IsDown sent, even a value this app does not know (a new severity,
+    a title over our own limit): they are shown as sent and never stop recording or sync. ``remote_payload``
+    keeps IsDown's last answer as it came.
+    """
 
     service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="incidents")
     remote_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
-    title = models.CharField(max_length=TITLE_MAX_LENGTH)
-    severity = models.CharField(max_length=10, choices=Severity.choices, default=Severity.MINOR)
-    stage = models.CharField(max_length=20, choices=Stage.choices, default=Stage.INVESTIGATING)
+    title = models.TextField()
+    severity = models.TextField(choices=Severity.choices, default=Severity.MINOR)
+    stage = models.TextField(choices=Stage.choices, default=Stage.INVESTIGATING)
     description = models.TextField(blank=True)
     resolved = models.BooleanField(default=False)
     resolved_at = models.DateTimeField(null=True, blank=True)
@@ -98,13 +103,10 @@ class Incident(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # The time of the latest local or remote activity: the incident list sorts by it.
     last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    remote_payload = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-last_activity_at", "-id"]
-        constraints = [
-            models.CheckConstraint(condition=Q(severity__in=Severity.values), name="incident_severity_valid"),
-            models.CheckConstraint(condition=Q(stage__in=Stage.values), name="incident_stage_valid"),
-        ]
 
     def __str__(self) -> str:
         return f"{self.title} (#{self.remote_id})" if self.remote_id else self.title
@@ -115,7 +117,7 @@ class IncidentUpdate(models.Model):
 
     incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="updates")
     position = models.PositiveIntegerField()
-    stage = models.CharField(max_length=20, choices=Stage.choices)
+    stage = models.TextField(choices=Stage.choices)  # as IsDown sent it, known to us or not
     description = models.TextField(blank=True)
     remote_created_at = models.DateTimeField()
 
@@ -140,11 +142,22 @@ class DraftState(models.TextChoices):
     PUBLISHING = "publishing", "Publishing"
     PUBLISHED = "published", "Published"
     FAILED = "failed", "Failed"
+    NEEDS_ATTENTION = "needs_attention", "Needs attention"
+    ABANDONED = "abandoned", "Abandoned"
     REJECTED = "rejected", "Rejected"
     DISCARDED = "discarded", "Discarded"
 
 
 EDITABLE_DRAFT_STATES = (DraftState.DRAFT, DraftState.CHANGES_REQUESTED)
+# After approval a draft mirrors its publications (workflow.follow_publications); these are its states then.
+PUBLISHING_DRAFT_STATES = (
+    DraftState.APPROVED,
+    DraftState.PUBLISHING,
+    DraftState.PUBLISHED,
+    DraftState.FAILED,
+    DraftState.NEEDS_ATTENTION,
+    DraftState.ABANDONED,
+)
 
 
 class Draft(models.Model):
@@ -186,14 +199,15 @@ class Draft(models.Model):
 
 
 class Revision(models.Model):
-    """An immutable snapshot made on submit: the fields and the exact request that would be sent."""
+    """An immutable snapshot made on submit: the fields and, in ``requests``, the exact request to each target.
+
+    ``sha256`` covers the whole set of requests (``isdown.requests_sha256``); a review approves that hash. The
+    database refuses UPDATE and DELETE on revisions and their requests (migration 0004).
+    """
 
     draft = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="revisions")
     number = models.PositiveIntegerField()
     fields = models.JSONField()
-    method = models.CharField(max_length=10)
-    path = models.CharField(max_length=200)
-    body = models.JSONField()
     sha256 = models.CharField(max_length=64)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     last_editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
@@ -210,6 +224,34 @@ class Revision(models.Model):
 
     def __str__(self) -> str:
         return f"Revision {self.number} of draft #{self.draft_id}"
+
+
+class RevisionRequest(models.Model):
+    """One exact request of a revision, to one target: a service, and for an update the IsDown incident.
+
+    ``body`` is the JSON text exactly as it goes on the wire (UTF-8), stored as text so no round trip can
+    reorder or re-encode it; ``sha256`` is ``isdown.Request.sha256`` of method, path and body.
+    """
+
+    revision = models.ForeignKey(Revision, on_delete=models.PROTECT, related_name="requests")
+    position = models.PositiveSmallIntegerField()
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="+")
+    # The IsDown incident a PATCH addresses ("" for a create): publications keep order per this id.
+    target_remote_id = models.CharField(max_length=64, blank=True)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=300)
+    body = models.TextField()
+    sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["revision", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["revision", "position"], name="revision_request_position_unique"),
+            models.UniqueConstraint(fields=["revision", "service"], name="revision_request_one_per_service"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
 
 
 class ReviewDecision(models.TextChoices):
@@ -231,10 +273,13 @@ class Review(models.Model):
     revision_last_editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     decision = models.CharField(max_length=20, choices=ReviewDecision.choices)
     comment = models.TextField(blank=True, max_length=COMMENT_MAX_LENGTH)
+    # The revision's SHA-256 as the reviewer saw it: what an approval approves.
+    sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
+            models.CheckConstraint(condition=~Q(decision="approve") | ~Q(sha256=""), name="review_approval_binds_hash"),
             models.CheckConstraint(
                 condition=~Q(reviewer=F("revision_author")) & ~Q(reviewer=F("revision_last_editor")),
                 name="review_four_eyes",
@@ -253,33 +298,76 @@ class PublicationState(models.TextChoices):
     QUEUED = "queued", "Queued"
     SENDING = "sending", "Sending"
     RETRY_WAIT = "retry_wait", "Waiting to retry"
-    RECONCILING = "reconciling", "Reconciling"
+    RECONCILING = "reconciling", "Checking IsDown"
     PUBLISHED = "published", "Published"
     FAILED = "failed", "Failed"
     NEEDS_ATTENTION = "needs_attention", "Needs attention"
+    DUPLICATE_DETECTED = "duplicate_detected", "Duplicate detected"
+    ABANDONED = "abandoned", "Abandoned"
 
 
-FINAL_PUBLICATION_STATES = (PublicationState.PUBLISHED, PublicationState.FAILED, PublicationState.NEEDS_ATTENTION)
+# A publication in one of these states holds the ones approved after it for the same IsDown incident: it is
+# in flight, or waits for a human. A partial unique index allows at most one per incident (migration 0004).
+HOLDING_PUBLICATION_STATES = (
+    PublicationState.SENDING,
+    PublicationState.RETRY_WAIT,
+    PublicationState.RECONCILING,
+    PublicationState.FAILED,
+    PublicationState.NEEDS_ATTENTION,
+)
+# Nothing more will happen without a human (or ever): the page stops polling.
+FINAL_PUBLICATION_STATES = (
+    PublicationState.PUBLISHED,
+    PublicationState.FAILED,
+    PublicationState.NEEDS_ATTENTION,
+    PublicationState.DUPLICATE_DETECTED,
+    PublicationState.ABANDONED,
+)
+# A human must decide; everyone concerned is emailed when a publication gets here.
+HUMAN_PUBLICATION_STATES = (
+    PublicationState.FAILED,
+    PublicationState.NEEDS_ATTENTION,
+    PublicationState.DUPLICATE_DETECTED,
+)
 
 
 class Publication(models.Model):
-    """The outbox row for one approved revision. Only publishing.py moves it."""
+    """The outbox row for one approved request: one revision, one target. Only publishing.py moves it.
 
-    revision = models.OneToOneField(Revision, on_delete=models.PROTECT, related_name="publication")
+    Publications for the same IsDown incident (``target_remote_id``) go out one at a time, in approval order
+    (``id`` order: approvals of one incident are serialised on its row).
+    """
+
+    revision = models.ForeignKey(Revision, on_delete=models.PROTECT, related_name="publications")
+    request = models.OneToOneField(RevisionRequest, on_delete=models.PROTECT, related_name="publication")
     draft = models.ForeignKey(Draft, on_delete=models.PROTECT, related_name="publications")
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="publications")
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="publications")
     incident = models.ForeignKey(Incident, on_delete=models.PROTECT, null=True, blank=True, related_name="publications")
+    target_remote_id = models.CharField(max_length=64, blank=True)
     state = models.CharField(
         max_length=20, choices=PublicationState.choices, default=PublicationState.QUEUED, db_index=True
     )
     attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Written only by publishing._move: state, attempt_token, lease_expires_at, next_attempt_at, last_error.
+    attempt_token = models.UUIDField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    sending_started_at = models.DateTimeField(null=True, blank=True)
-    last_enqueued_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
     last_error = models.TextField(blank=True)
+    # When the first send started: what a check on IsDown looks back to (less a clock-skew margin).
+    first_sent_at = models.DateTimeField(null=True, blank=True)
+    # When the current doubt began (an unknown outcome, a lost lease): the reconcile windows count from here.
+    unknown_since = models.DateTimeField(null=True, blank=True)
+    # When checks on IsDown began failing in a row (a blip is retried; a long outage goes to a human).
+    checks_failing_since = models.DateTimeField(null=True, blank=True)
+    # After a resend, a late twin is watched for until then.
+    watch_until = models.DateTimeField(null=True, blank=True)
+    last_enqueued_at = models.DateTimeField(null=True, blank=True)
     remote_id = models.CharField(max_length=64, blank=True)
+    duplicate_remote_ids = models.JSONField(default=list, blank=True)
     result = models.JSONField(null=True, blank=True)
+    # A human's reason, when they abandoned it or settled a duplicate.
+    decision_note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     published_at = models.DateTimeField(null=True, blank=True)
@@ -288,6 +376,13 @@ class Publication(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=Q(state__in=PublicationState.values), name="publication_state_valid"),
+            models.UniqueConstraint(fields=["revision", "service"], name="publication_one_per_revision_target"),
+            # One in flight (or held for a human) per IsDown incident: the order's backstop.
+            models.UniqueConstraint(
+                fields=["target_remote_id"],
+                condition=Q(state__in=[s.value for s in HOLDING_PUBLICATION_STATES]) & ~Q(target_remote_id=""),
+                name="publication_one_holding_per_incident",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -295,29 +390,56 @@ class Publication(models.Model):
 
     @property
     def is_final(self) -> bool:
-        return self.state in FINAL_PUBLICATION_STATES
+        return self.state in FINAL_PUBLICATION_STATES and self.watch_until is None
+
+    @property
+    def needs_human(self) -> bool:
+        return self.state in HUMAN_PUBLICATION_STATES
 
 
 class AttemptKind(models.TextChoices):
     SEND = "send", "Send"
-    RECONCILE = "reconcile", "Reconcile"
+    RECONCILE = "reconcile", "Check"
+    WATCH = "watch", "Watch for a twin"
     VERIFY = "verify", "Verify"
+    DELETE = "delete", "Delete duplicate"
+
+
+class AttemptOutcome(models.TextChoices):
+    PUBLISHED = "published", "Published"
+    RETRY = "retry", "Not processed: retry"
+    REJECTED = "rejected", "Rejected"
+    UNKNOWN = "unknown", "Outcome unknown"
+    NOT_SENT = "not_sent", "Not sent"
+    LOST = "lost", "Lost with the worker"
+    LATE = "late", "Answered after losing the lease"
+    FOUND = "found", "Found"
+    ABSENT = "absent", "Not there"
+    AMBIGUOUS = "ambiguous", "Ambiguous"
+    CHECK_FAILED = "check_failed", "Check failed"
+    NO_TWIN = "no_twin", "No twin"
+    TWIN_FOUND = "twin_found", "Twin found"
+    VERIFIED = "verified", "Verified"
+    NOT_VERIFIED = "not_verified", "Not verified"
+    DELETED = "deleted", "Deleted"
 
 
 class PublishAttempt(models.Model):
-    """One HTTP call made for a publication: what was sent (never the key) and what came back."""
+    """One HTTP call made for a publication: what was asked (never the key) and what came back."""
 
     publication = models.ForeignKey(Publication, on_delete=models.PROTECT, related_name="attempt_rows")
     number = models.PositiveIntegerField()
     kind = models.CharField(max_length=20, choices=AttemptKind.choices, default=AttemptKind.SEND)
+    # A send's claim: the fence re-checks it is still the publication's right before the call.
+    token = models.UUIDField(null=True, blank=True)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     method = models.CharField(max_length=10)
     path = models.CharField(max_length=300)
-    request_body = models.JSONField(null=True, blank=True)
+    request_sha256 = models.CharField(max_length=64, blank=True)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
-    outcome = models.CharField(max_length=40, blank=True)
+    outcome = models.CharField(max_length=20, choices=AttemptOutcome.choices, blank=True)
     response_excerpt = models.TextField(blank=True)
     error = models.TextField(blank=True)
     next_retry_at = models.DateTimeField(null=True, blank=True)
@@ -328,6 +450,55 @@ class PublishAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"Attempt {self.number} of publication #{self.publication_id}"
+
+
+class NotificationState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    GAVE_UP = "gave_up", "Gave up"
+
+
+class Notification(models.Model):
+    """One email in the durable outbox: written in the transaction of what it tells, delivered by a worker,
+    retried with backoff, its delivery state visible. Only notifications.py writes it."""
+
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, null=True, blank=True, related_name="notifications")
+    kind = models.CharField(max_length=40)
+    subject = models.CharField(max_length=300)
+    body = models.TextField()
+    recipients = models.JSONField(default=list)
+    target_type = models.CharField(max_length=40, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    state = models.CharField(
+        max_length=10, choices=NotificationState.choices, default=NotificationState.PENDING, db_index=True
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(db_index=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=NotificationState.values), name="notification_state_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_state_display()}: {self.subject}"
+
+
+class SystemMark(models.Model):
+    """A mark the system leaves for itself in Postgres: worker and beat heartbeats (``worker:<name>``, ``beat``)
+    and until when sync waits for IsDown's Retry-After (``sync.paused_until``)."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    at = models.DateTimeField()
+    detail = models.CharField(max_length=300, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.at:%Y-%m-%d %H:%M:%S}"
 
 
 class AuditEvent(models.Model):

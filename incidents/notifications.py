@@ -1,64 +1,96 @@
-"""Emails about reviews: approvers hear of a submitted revision, the author hears of the decision.
+"""Emails, through a durable outbox: the only code that writes a Notification.
 
-Called only from ``transaction.on_commit``, so nobody is told about something that did not happen. A mail
-failure is logged and never undoes the action.
+``queue`` writes the email in the caller's transaction (so nobody hears of something that did not happen, and
+nothing that happened goes untold) and asks a worker to deliver it after commit. ``deliver`` claims one row
+with a short lease, sends it, and records the outcome: sent, or a retry with backoff, or after
+NOTIFY_MAX_ATTEMPTS "gave up" (audited, and shown on the dashboard). A beat task delivers whatever is due, so
+a lost message or a mail-server outage costs time, never the email. Delivery is at least once: a worker that
+dies after sending and before recording sends that email again.
+
+Who hears what:
+- a submitted revision: the team's approvers other than its author and last editor;
+- a review decision: the draft's author;
+- a publication that failed, needs attention or was duplicated: the team's approvers and the draft's author.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import send_mass_mail
+from django.core.mail import EmailMessage, get_connection
+from django.db.models import F, Q
 from django.urls import reverse
+from django.utils import timezone
 
-from .models import Review, Revision, Role
+from . import audit, enqueue
+from .models import Notification, NotificationState, Publication, PublicationState, Review, Revision, Role, Team
 
 logger = logging.getLogger(__name__)
 
+N = NotificationState
+ERROR_LIMIT = 2000
 
-def _link(name: str, **kwargs) -> str:
+
+def _link(name: str, **kwargs: Any) -> str:
     return settings.SITE_URL + reverse(name, kwargs=kwargs)
 
 
-def _send(messages: list[tuple[str, str, str, list[str]]]) -> None:
-    messages = [m for m in messages if m[3]]
-    if not messages:
-        return
-    try:
-        send_mass_mail(messages, fail_silently=False)
-    except Exception:  # a mail outage must not hide the action; it is in the audit log either way
-        logger.exception("could not send %d notification(s)", len(messages))
+def team_approvers(team: Team) -> Any:
+    return get_user_model().objects.filter(memberships__team=team, memberships__role=Role.APPROVER, is_active=True)
 
 
-def revision_submitted(revision_id: int) -> None:
-    revision = Revision.objects.select_related("draft", "draft__team", "draft__service", "submitted_by").get(
-        pk=revision_id
+def _addresses(users: Iterable[Any]) -> list[str]:
+    return sorted({user.email for user in users if user.email and user.is_active})
+
+
+def queue(
+    *, kind: str, team: Team | None, users: Iterable[Any], subject: str, body: str, target: Any = None
+) -> Notification | None:
+    """Write one email to ``users`` (those with an address) into the outbox; deliver after commit."""
+    recipients = _addresses(users)
+    if not recipients:
+        return None
+    notification = Notification.objects.create(
+        team=team,
+        kind=kind,
+        # A header cannot hold a line break (Django refuses the whole message): subjects are one line.
+        subject=" ".join(subject.split())[:300],
+        body=body,
+        recipients=recipients,
+        target_type=target._meta.model_name if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        next_attempt_at=timezone.now(),
     )
+    enqueue.notification_on_commit(notification.pk)
+    return notification
+
+
+# --- What is told --------------------------------------------------------------------------------------------
+def revision_submitted(revision: Revision) -> Notification | None:
     draft = revision.draft
-    approvers = (
-        get_user_model()
-        .objects.filter(memberships__team=draft.team, memberships__role=Role.APPROVER, is_active=True)
-        .exclude(pk__in=[revision.author_id, revision.last_editor_id])
-        .exclude(email="")
+    approvers = team_approvers(draft.team).exclude(pk__in=[revision.author_id, revision.last_editor_id])
+    return queue(
+        kind="review_needed",
+        team=draft.team,
+        users=approvers,
+        subject=f"[isdown-admin] Review needed: {draft.title or draft.get_kind_display()} ({draft.service.name})",
+        body=(
+            f"{revision.submitted_by.get_username()} submitted revision {revision.number} of draft #{draft.pk} "
+            f"for {draft.service.name} ({draft.team.name}).\n\n"
+            f"Review it: {_link('incidents:draft_review', pk=draft.pk)}\n"
+        ),
+        target=draft,
     )
-    subject = f"[isdown-admin] Review needed: {draft.title or draft.get_kind_display()} ({draft.service.name})"
-    body = (
-        f"{revision.submitted_by.get_username()} submitted revision {revision.number} of draft #{draft.pk} "
-        f"for {draft.service.name} ({draft.team.name}).\n\n"
-        f"Review it: {_link('incidents:draft_review', pk=draft.pk)}\n"
-    )
-    _send([(subject, body, settings.DEFAULT_FROM_EMAIL, [user.email]) for user in approvers])
 
 
-def revision_reviewed(review_id: int) -> None:
-    review = Review.objects.select_related(
-        "reviewer", "revision", "revision__draft", "revision__draft__author", "revision__draft__service"
-    ).get(pk=review_id)
+def revision_reviewed(review: Review) -> Notification | None:
     draft = review.revision.draft
-    author = draft.author
-    subject = f"[isdown-admin] {review.get_decision_display()}: {draft.title or draft.get_kind_display()}"
     body = (
         f"{review.reviewer.get_username()} {review.get_decision_display().lower()} revision "
         f"{review.revision.number} of your draft #{draft.pk} ({draft.service.name}).\n"
@@ -66,4 +98,132 @@ def revision_reviewed(review_id: int) -> None:
     if review.comment:
         body += f"\nComment:\n{review.comment}\n"
     body += f"\n{_link('incidents:draft_detail', pk=draft.pk)}\n"
-    _send([(subject, body, settings.DEFAULT_FROM_EMAIL, [author.email] if author.email else [])])
+    return queue(
+        kind="reviewed",
+        team=draft.team,
+        users=[draft.author],
+        subject=f"[isdown-admin] {review.get_decision_display()}: {draft.title or draft.get_kind_display()}",
+        body=body,
+        target=draft,
+    )
+
+
+HUMAN_STATE_WORDS = {
+    PublicationState.FAILED: ("Failed", "IsDown refused it or it could not be sent; nothing was published."),
+    PublicationState.NEEDS_ATTENTION: (
+        "Needs attention",
+        "The app cannot tell on its own whether it reached IsDown; it will not send it again on a guess.",
+    ),
+    PublicationState.DUPLICATE_DETECTED: (
+        "Duplicate detected",
+        "It reached IsDown more than once: subscribers may have been notified twice.",
+    ),
+}
+
+
+def publication_needs_human(publication: Publication, *, reason: str) -> Notification | None:
+    """Tell the team's approvers and the draft's author that a publication waits for a human."""
+    draft = publication.draft
+    label, meaning = HUMAN_STATE_WORDS.get(PublicationState(publication.state), ("Needs a human", ""))
+    users = [*team_approvers(publication.team), draft.author]
+    held = Publication.objects.filter(
+        target_remote_id=publication.target_remote_id, state=PublicationState.QUEUED, pk__gt=publication.pk
+    ).exclude(target_remote_id="")
+    waiting = held.count()
+    body = (
+        f"{label}: publication #{publication.pk} of draft #{draft.pk} "
+        f"({draft.title or draft.get_kind_display()}, {publication.service.name}, {publication.team.name}).\n\n"
+        f"{meaning}\n\nWhy: {reason}\n"
+    )
+    if waiting:
+        body += f"\n{waiting} later change(s) to the same incident wait behind it until someone decides.\n"
+    body += (
+        f"\nApprovers of {publication.team.name} can act on it here: {_link('incidents:draft_detail', pk=draft.pk)}\n"
+    )
+    return queue(
+        kind=f"publication_{publication.state}",
+        team=publication.team,
+        users=users,
+        subject=f"[isdown-admin] {label}: {draft.title or draft.get_kind_display()} ({publication.service.name})",
+        body=body,
+        target=publication,
+    )
+
+
+# --- Delivery ------------------------------------------------------------------------------------------------
+def _backoff(attempts: int) -> float:
+    ceiling = min(settings.NOTIFY_BACKOFF_CAP, settings.NOTIFY_BACKOFF_BASE * 2 ** max(attempts - 1, 0))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def deliver(notification_id: int) -> str:
+    """Send one due notification; returns its state afterwards ("" when it was not due or someone else has it).
+
+    The claim is one conditional UPDATE with a lease, so two workers never send the same row at once and no
+    transaction stays open while the mail server answers."""
+    now = timezone.now()
+    lease = now + timedelta(seconds=max(2 * settings.EMAIL_TIMEOUT, 30))
+    claimed = (
+        Notification.objects.filter(pk=notification_id, state=N.PENDING, next_attempt_at__lte=now)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+        .update(lease_expires_at=lease, attempts=F("attempts") + 1)
+    )
+    if not claimed:
+        return ""
+    notification = Notification.objects.select_related("team").get(pk=notification_id)
+    try:
+        with get_connection(fail_silently=False) as connection:
+            connection.send_messages(
+                [
+                    EmailMessage(notification.subject, notification.body, settings.DEFAULT_FROM_EMAIL, [address])
+                    for address in notification.recipients
+                ]
+            )
+    except Exception as exc:  # any failure of the mail path is retried; the reason is kept for the dashboard
+        return _record_failure(notification, error=f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT])
+    Notification.objects.filter(pk=notification.pk).update(
+        state=N.SENT, sent_at=timezone.now(), lease_expires_at=None, last_error=""
+    )
+    return N.SENT
+
+
+def _record_failure(notification: Notification, *, error: str) -> str:
+    logger.warning("notification %s (%s) not delivered: %s", notification.pk, notification.kind, error)
+    if notification.attempts >= settings.NOTIFY_MAX_ATTEMPTS:
+        Notification.objects.filter(pk=notification.pk).update(state=N.GAVE_UP, lease_expires_at=None, last_error=error)
+        audit.record(
+            "notification.gave_up",
+            summary=f"Email “{notification.subject[:120]}” could not be delivered after "
+            f"{notification.attempts} attempts: {error[:200]}",
+            actor_label=audit.SYSTEM_WORKER,
+            team=notification.team,
+            target=notification,
+            context={"recipients": len(notification.recipients)},
+        )
+        return N.GAVE_UP
+    Notification.objects.filter(pk=notification.pk).update(
+        next_attempt_at=timezone.now() + timedelta(seconds=_backoff(notification.attempts)),
+        lease_expires_at=None,
+        last_error=error,
+    )
+    return N.PENDING
+
+
+def due_ids(limit: int = 200) -> list[int]:
+    now = timezone.now()
+    return list(
+        Notification.objects.filter(state=N.PENDING, next_attempt_at__lte=now)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+        .order_by("next_attempt_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def deliver_due(limit: int = 200) -> dict[str, int]:
+    """Deliver everything that is due (the beat task, and tests). Returns counts by resulting state."""
+    counts: dict[str, int] = {}
+    for notification_id in due_ids(limit):
+        state = deliver(notification_id)
+        if state:
+            counts[state] = counts.get(state, 0) + 1
+    return counts

@@ -1,66 +1,137 @@
-"""The outbox protocol: claim a Publication, send its approved request, classify the outcome, reconcile what
-is unknown, record every HTTP call, finish in one transaction. The only code that moves a Publication.
+"""The outbox protocol: every approved request reaches IsDown once, as approved, in the order approved, or a
+human is told. The only code that moves a Publication.
 
-Invariants (tested under faults in tests/publishing/):
-- Every HTTP call runs outside any transaction, after a committed claim (``sending`` or ``reconciling`` with
-  a lease), and is one PublishAttempt row, created before the call and completed after it.
-- A request whose outcome is unknown is never sent again blindly: it is reconciled first. Found → adopt;
-  proven absent → send again (an attempt); undecidable → ``needs_attention`` for a human.
-- The request sent is the approved revision's, byte for byte; its SHA-256 is re-checked before each send.
-- One task run makes at most one call; what comes next is a state plus ``next_attempt_at``, so a lost
-  message or a dead worker costs time, never an effect (the sweeper re-enqueues what is due and idle).
+States (``TRANSITIONS`` is the whole table; ``_move`` is the one writer of a publication's state, attempt token,
+lease, next attempt and last error, and records the audit event of every move)::
 
-States::
+    queued ──claim──▶ sending ──2xx──▶ published ──(after a resend) watch: a late twin──▶ duplicate_detected
+      ▲                 │ ├─not sent / 429 / 503+Retry-After──▶ retry_wait ──due, claim──▶ sending
+      │                 │ ├─other 4xx, refused hash, attempts used up──▶ failed
+      │                 │ └─timeout / 5xx / bad body; lease expired (sweeper)──▶ reconciling
+      │                 reconciling ──found (one exact match)──▶ published
+      │                             ──absent at every look of the window──▶ retry_wait (a resend)
+      │                             ──ambiguous, or checks failing past their patience──▶ needs_attention
+    failed ──retry──▶ queued        needs_attention ──check again──▶ reconciling, ──send again──▶ queued
+    failed, needs_attention ──mark published (verified by GET)──▶ published, ──abandon (reason)──▶ abandoned
+    duplicate_detected ──delete the extra incident on IsDown / acknowledge──▶ published
 
-    queued ──claim──▶ sending ──2xx──▶ published
-      ▲                 │ ├─NotSent/429/503+Retry-After──▶ retry_wait ──due, claim──▶ sending
-      │                 │ ├─other 4xx, hash mismatch, attempts used up──▶ failed
-      │                 │ └─timeout/5xx/bad body, lease expired (sweeper)──▶ reconciling
-      │                 reconciling ──found──▶ published
-      │                             ──proven absent──▶ retry_wait (or failed when attempts are used up)
-      │                             ──ambiguous / check impossible──▶ needs_attention
-    failed ──retry now──▶ queued          needs_attention ──retry now──▶ reconciling
-    failed, needs_attention ──send again──▶ queued;  ──mark published #id (verified by GET)──▶ published
+Invariants (tested under real faults in tests/publishing/):
+- **Order.** Publications for one IsDown incident go out one at a time, in approval order (id order; approvals
+  of one incident are serialised on its row). A publication waits while an earlier one for the same incident
+  is queued, in flight, or failed/needs attention: those hold the queue until a human retries or abandons
+  them. A partial unique index allows one holding publication per incident.
+- **Fenced sends.** A claim commits ``sending`` with a fresh attempt token and a lease; right before the call a
+  short transaction re-checks the token is still the row's and renews the lease; the call has a wall-clock
+  deadline (DNS included) shorter than the lease, and a request whose deadline passed is never started
+  (isdown.py). So no send leaves after its lease, and a success that lands on a row already moved on is
+  either adopted (the row was still undecided) or a detected duplicate.
+- **Nothing resent on a guess.** An unknown outcome is reconciled: IsDown is looked at, matching everything
+  that was approved (matching.py), at each point of PUBLISH_RECONCILE_WINDOWS after the doubt began. Found →
+  adopt. Absent at every look → send again. A look that fails for a reason that does not last (5xx, 429,
+  timeout) is retried with backoff; only checks failing longer than PUBLISH_CHECK_PATIENCE, or an answer only
+  a human can judge, go to needs_attention.
+- **A late twin is watched for.** After a resend, IsDown is looked at again over PUBLISH_WATCH_WINDOWS; a twin
+  makes the publication ``duplicate_detected``.
+- **The approved bytes.** The request sent is the revision's stored text, byte for byte; its SHA-256, the
+  revision's and the approval's are re-checked at every claim.
+- **Humans are told.** Entering failed, needs_attention or duplicate_detected queues an email to the team's
+  approvers and the draft's author (notifications.py, a durable outbox) in the same transaction.
+- **Every HTTP call** runs outside any transaction and is one PublishAttempt row, created with the claim and
+  completed after the call. One task run makes at most one call (a listing may read several pages); what
+  comes next is a state plus ``next_attempt_at``, so a lost message or a dead worker costs time, never an
+  effect: the sweeper re-enqueues what is due and idle, and moves expired leases on.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from . import access, audit, isdown, sync, workflow  # workflow owns the canonical form of a request
+from . import access, audit, enqueue, isdown, matching, mirror, notifications, workflow
 from .models import (
+    HOLDING_PUBLICATION_STATES,
+    HUMAN_PUBLICATION_STATES,
     AttemptKind,
-    Draft,
-    DraftKind,
-    DraftState,
+    AttemptOutcome,
     Incident,
     Publication,
     PublicationState,
     PublishAttempt,
-    Revision,
+    ReviewDecision,
 )
 
 logger = logging.getLogger(__name__)
 
 S = PublicationState
-# IsDown's clock and ours differ: an incident stamped a little before our attempt started may still be ours.
-CLOCK_SKEW_MARGIN = timedelta(seconds=10)
-# A reconcile call that fails for a reason that cannot last (not sent, rate limited) is tried this often.
-RECONCILE_MAX_TRIES = 3
+O = AttemptOutcome  # noqa: E741 - the table below reads better with a short name
 # Stored excerpts and errors are capped so a proxy's HTML page cannot bloat the table.
 TEXT_LIMIT = 2000
 CLAIMABLE_FOR_SEND = (S.QUEUED, S.RETRY_WAIT)
+# Publications that hold the ones behind them: not yet settled.
+UNSETTLED = (S.QUEUED, *HOLDING_PUBLICATION_STATES)
 RETRYABLE_BY_HUMAN = (S.FAILED, S.NEEDS_ATTENTION)
+
+# Every legal move, with the audit action it records (a caller may name a more precise one).
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (S.QUEUED, S.SENDING): "publication.sending",
+    (S.RETRY_WAIT, S.SENDING): "publication.sending",
+    (S.QUEUED, S.FAILED): "publication.refused",
+    (S.RETRY_WAIT, S.FAILED): "publication.refused",
+    (S.SENDING, S.PUBLISHED): "publication.published",
+    (S.SENDING, S.RETRY_WAIT): "publication.retry_scheduled",
+    (S.SENDING, S.FAILED): "publication.failed",
+    (S.SENDING, S.RECONCILING): "publication.reconciling",
+    (S.RECONCILING, S.PUBLISHED): "publication.published",
+    (S.RECONCILING, S.RETRY_WAIT): "publication.proven_absent",
+    (S.RECONCILING, S.FAILED): "publication.failed",
+    (S.RECONCILING, S.NEEDS_ATTENTION): "publication.needs_attention",
+    # An earlier attempt's effect turned up (a late answer, or sync found it): the publication is done.
+    (S.QUEUED, S.PUBLISHED): "publication.published",
+    (S.RETRY_WAIT, S.PUBLISHED): "publication.published",
+    (S.FAILED, S.PUBLISHED): "publication.published",
+    (S.NEEDS_ATTENTION, S.PUBLISHED): "publication.published",
+    (S.ABANDONED, S.PUBLISHED): "publication.published",
+    (S.PUBLISHED, S.DUPLICATE_DETECTED): "publication.duplicate_detected",
+    # Human decisions.
+    (S.FAILED, S.QUEUED): "publication.retry_requested",
+    (S.NEEDS_ATTENTION, S.QUEUED): "publication.send_again",
+    (S.NEEDS_ATTENTION, S.RECONCILING): "publication.check_requested",
+    (S.FAILED, S.ABANDONED): "publication.abandoned",
+    (S.NEEDS_ATTENTION, S.ABANDONED): "publication.abandoned",
+    (S.DUPLICATE_DETECTED, S.PUBLISHED): "publication.duplicate_resolved",
+}
+# States whose schedule (lease, next attempt, token) may change without a move: a claim for a check or a
+# watch, the fence renewing a lease, the next look being scheduled. The attempt rows record these.
+SCHEDULE_STATES = (S.SENDING, S.RECONCILING, S.PUBLISHED)
+# Fields besides the five above that a move may also set (bookkeeping of the protocol).
+MOVE_FIELDS = frozenset(
+    {
+        "attempts",
+        "first_sent_at",
+        "unknown_since",
+        "checks_failing_since",
+        "watch_until",
+        "remote_id",
+        "incident",
+        "result",
+        "published_at",
+        "duplicate_remote_ids",
+        "decision_note",
+    }
+)
+_KEEP: Any = object()
+# A look (a check or a watch) that was recorded gives its claim back.
+_RELEASED: dict[str, Any] = {"lease_expires_at": None, "attempt_token": None}
 
 
 # --- Errors -------------------------------------------------------------------------------------------------
@@ -76,6 +147,10 @@ class VerificationFailed(PublishingError):
     """``mark_published``: IsDown does not confirm that the given incident is this publication's effect."""
 
 
+class IllegalMove(AssertionError):
+    """A programming error: a move that is not in TRANSITIONS."""
+
+
 # --- Classification and backoff (pure) ------------------------------------------------------------------
 class Outcome(StrEnum):
     PUBLISHED = "published"
@@ -88,7 +163,7 @@ def classify(error: BaseException | None) -> Outcome:
     """Map a call's outcome to what is safe next. Anything unforeseen counts as unknown, the safe side."""
     if error is None:
         return Outcome.PUBLISHED
-    if isinstance(error, (isdown.NotSent, isdown.RateLimited)):
+    if isinstance(error, isdown.NotSent | isdown.RateLimited):
         return Outcome.RETRY
     if isinstance(error, isdown.Rejected):
         return Outcome.REJECTED
@@ -96,7 +171,7 @@ def classify(error: BaseException | None) -> Outcome:
 
 
 def retry_delay(*, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-    """Seconds before the next send: full jitter over ``base * 2**(attempt-1)`` capped at PUBLISH_BACKOFF_CAP,
+    """Seconds before the next try: full jitter over ``base * 2**(attempt-1)`` capped at PUBLISH_BACKOFF_CAP,
     and never earlier than a server's ``Retry-After``."""
     ceiling = min(settings.PUBLISH_BACKOFF_CAP, settings.PUBLISH_BACKOFF_BASE * 2 ** max(attempt - 1, 0))
     delay = (rng or random).uniform(0, ceiling)
@@ -110,63 +185,177 @@ def countdown_for(delay: float) -> float:
     return max(0.0, min(delay, settings.PUBLISH_BACKOFF_CAP))
 
 
-def request_intact(revision: Revision) -> bool:
-    """The revision's stored hash equals a recomputation over the method, path and body it would send."""
-    return workflow.request_sha256(revision.method, revision.path, revision.body) == revision.sha256
-
-
 def make_client() -> isdown.IsDownClient:
     return isdown.IsDownClient(settings.ISDOWN_API_URL, settings.ISDOWN_EFFECTIVE_API_KEY, settings.ISDOWN_TIMEOUT)
+
+
+def approved_request(publication: Publication) -> isdown.Request:
+    return isdown.Request(publication.request.method, publication.request.path, publication.request.body)
+
+
+def integrity_problem(publication: Publication) -> str | None:
+    """Why the stored request may not be sent, or None: its bytes must hash to its SHA-256, the revision's
+    requests to the revision's hash, and that hash must be the one an approver approved."""
+    revision = publication.revision
+    if approved_request(publication).sha256 != publication.request.sha256:
+        return "the request no longer matches its SHA-256"
+    hashes = [(request.position, request.sha256) for request in revision.requests.all()]
+    if isdown.requests_sha256(hashes) != revision.sha256:
+        return "the revision's requests no longer match the revision's SHA-256"
+    review = getattr(revision, "review", None)
+    if review is None or review.decision != ReviewDecision.APPROVE or review.sha256 != revision.sha256:
+        return "no approval covers this revision's SHA-256"
+    return None
+
+
+# --- The one writer -------------------------------------------------------------------------------------------
+def _move(
+    publication: Publication,
+    to: str,
+    *,
+    summary: str = "",
+    action: str | None = None,
+    actor: Any = None,
+    task_id: str = "",
+    last_error: Any = _KEEP,
+    next_attempt_at: Any = _KEEP,
+    lease_expires_at: Any = _KEEP,
+    attempt_token: Any = _KEEP,
+    changes: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+    **fields: Any,
+) -> None:
+    """Move ``publication`` (locked by the caller) to ``to``, in the caller's transaction.
+
+    A move between states must be in TRANSITIONS; it resets the lease, token and schedule unless given, records
+    its audit event, lets the draft follow, tells the humans when a human must act, and hands the queue to the
+    next publication of the same incident once this one no longer holds it. A move within a state only
+    reschedules (SCHEDULE_STATES) and is audited only when ``action`` is given."""
+    before = publication.state
+    changing = before != to
+    if changing and (before, to) not in TRANSITIONS:
+        raise IllegalMove(f"publication {publication.pk}: {before} → {to} is not a legal move")
+    if not changing and to not in SCHEDULE_STATES:
+        raise IllegalMove(f"publication {publication.pk}: no schedule to change in {to}")
+    unknown = set(fields) - MOVE_FIELDS
+    if unknown:
+        raise IllegalMove(f"publication fields {sorted(unknown)} are not the protocol's to set")
+    default = None if changing else _KEEP
+    for name, value in (
+        ("next_attempt_at", next_attempt_at),
+        ("lease_expires_at", lease_expires_at),
+        ("attempt_token", attempt_token),
+    ):
+        value = default if value is _KEEP else value
+        if value is not _KEEP:
+            setattr(publication, name, value)
+    if last_error is not _KEEP:
+        publication.last_error = str(last_error)[:TEXT_LIMIT]
+    elif changing:
+        publication.last_error = ""
+    for name, value in fields.items():
+        setattr(publication, name, value)
+    publication.state = to
+    publication.save()
+    if changing or action:
+        audit.record(
+            action or TRANSITIONS[(before, to)],
+            summary=summary or f"{publication}: {before} → {to}",
+            actor=actor,
+            actor_label=None if actor is not None else audit.SYSTEM_WORKER,
+            team=publication.team,
+            target=publication,
+            changes={**({"state": [before, to]} if changing else {}), **(changes or {})},
+            context={**({"task_id": task_id} if task_id else {}), **(context or {})},
+        )
+    if not changing:
+        return
+    workflow.follow_publications(draft_id=publication.draft_id)
+    if to in HUMAN_PUBLICATION_STATES:
+        notifications.publication_needs_human(publication, reason=publication.last_error or summary)
+    if before in UNSETTLED and to not in UNSETTLED and publication.target_remote_id:
+        following = next_in_line(publication.target_remote_id)
+        if following is not None:
+            enqueue.publication_on_commit(following)
+
+
+def next_in_line(target_remote_id: str) -> int | None:
+    """The first unsettled publication for this IsDown incident, in approval order."""
+    return (
+        Publication.objects.filter(target_remote_id=target_remote_id, state__in=UNSETTLED)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+
+
+def ahead_of(publication: Publication) -> Publication | None:
+    """The earliest publication approved before this one for the same IsDown incident that is not settled."""
+    if not publication.target_remote_id:
+        return None
+    return (
+        Publication.objects.filter(
+            target_remote_id=publication.target_remote_id, state__in=UNSETTLED, pk__lt=publication.pk
+        )
+        .order_by("pk")
+        .first()
+    )
 
 
 # --- One pass of the protocol -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
-    """What one ``process`` pass left behind: the state, and when a task should run again (None: no need)."""
+    """What one ``process`` pass left behind: the state, when a task should run again (None: no need), and the
+    publication this one waits for, if any."""
 
     state: str
     run_again_in: float | None = None
+    waiting_for: int | None = None
 
 
 @dataclass(frozen=True)
 class _Claim:
     publication_id: int
     attempt_id: int
-    kind: str  # AttemptKind.SEND or AttemptKind.RECONCILE
-    method: str
-    path: str
-    body: dict[str, Any]
-    draft_kind: str
-    service_id: int
-    remote_incident_id: str | None
-    window_start: datetime | None  # reconcile: the earliest send of this publication, less the skew margin
+    token: uuid.UUID
+    kind: str
+    request: isdown.Request
+    creates: bool
+    service_id: int  # IsDown's
+    target_remote_id: str  # the incident an update addresses; for a watch after a create, the one created
+    since: datetime  # the first send's start: what counts as possibly ours on IsDown
+    claimed_ids: frozenset[str]  # IsDown ids other publications or incidents already own
     task_id: str
-    context: dict[str, Any] = field(default_factory=dict)
 
 
 def process(*, publication_id: int, task_id: str = "", client: isdown.IsDownClient | None = None) -> Step:
-    """Claim the publication if it is due and free, make its one HTTP call, record the outcome.
+    """Claim the publication if it is due and free, make its one call (a send, a check, or a watch), record.
 
-    Safe to call any number of times for the same id, concurrently: a row that is locked, not due, leased
-    or final is left alone (``Step`` with ``run_again_in=None``).
-    """
-    claim_or_step = _claim(publication_id=publication_id, task_id=task_id)
-    if isinstance(claim_or_step, Step):
-        return claim_or_step
-    claim = claim_or_step
+    Safe to call any number of times for the same id, concurrently: a row that is locked, not due, leased,
+    waiting its turn or final is left alone."""
+    claim = _claim(publication_id=publication_id, task_id=task_id)
+    if isinstance(claim, Step):
+        return claim
     own_client = client is None
     client = client or make_client()
     try:
         if claim.kind == AttemptKind.SEND:
             return _send(claim, client)
-        return _reconcile(claim, client)
+        if claim.kind == AttemptKind.RECONCILE:
+            return _check(claim, client)
+        return _watch(claim, client)
     finally:
         if own_client:
             client.close()
 
 
-def _context(task_id: str) -> dict[str, Any]:
-    return {"task_id": task_id} if task_id else {}
+def _lock(publication_id: int, *, skip_locked: bool = False) -> Publication | None:
+    return (
+        Publication.objects.select_for_update(skip_locked=skip_locked, of=("self",))
+        .select_related("request", "revision", "revision__review", "draft", "team", "service", "incident")
+        .filter(pk=publication_id)
+        .first()
+    )
 
 
 def _next_attempt_number(publication: Publication) -> int:
@@ -174,213 +363,237 @@ def _next_attempt_number(publication: Publication) -> int:
     return (last or 0) + 1
 
 
-def _window_start(publication: Publication) -> datetime | None:
-    first = (
-        publication.attempt_rows.filter(kind=AttemptKind.SEND).order_by("number").values_list("started_at", flat=True)
-    ).first()
-    return first - CLOCK_SKEW_MARGIN if first else None
-
-
-def _lease_until(now: datetime) -> datetime:
+def _lease(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.PUBLISH_LEASE_SECONDS)
 
 
+def _claimed_ids(publication: Publication) -> frozenset[str]:
+    """IsDown incidents that belong to something else: other publications' results and known incidents."""
+    others = Publication.objects.exclude(pk=publication.pk).exclude(remote_id="").values_list("remote_id", flat=True)
+    known = Incident.objects.filter(service=publication.service, remote_id__isnull=False).exclude(
+        publications=publication
+    )
+    return frozenset([*others, *known.values_list("remote_id", flat=True)])
+
+
 def _claim(*, publication_id: int, task_id: str) -> _Claim | Step:
-    """Lock the row (skipping it if another worker holds it), check it is due, move it and commit."""
+    """Lock the row (skipping it if another worker holds it), decide what is due, record the claim, commit."""
     now = timezone.now()
     with transaction.atomic():
-        publication = (
-            Publication.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("revision", "draft", "draft__service", "incident", "team")
-            .filter(pk=publication_id)
-            .first()
-        )
+        publication = _lock(publication_id, skip_locked=True)
         if publication is None:
             return Step(state="locked_or_gone")
         if publication.next_attempt_at and publication.next_attempt_at > now:
             return Step(state=publication.state)  # early message: its own or the sweeper's will come
+        if publication.lease_expires_at and publication.lease_expires_at > now:
+            return Step(state=publication.state)  # someone is on it
         if publication.state in CLAIMABLE_FOR_SEND:
+            ahead = ahead_of(publication)
+            if ahead is not None:
+                return Step(state=publication.state, waiting_for=ahead.pk)
+            problem = integrity_problem(publication)
+            if problem is not None:
+                _move(
+                    publication,
+                    S.FAILED,
+                    summary=f"{publication} refused: {problem}",
+                    task_id=task_id,
+                    last_error=f"Refused: {problem}. Nothing was sent.",
+                )
+                return Step(state=publication.state)
             return _claim_send(publication, now=now, task_id=task_id)
-        if publication.state == S.RECONCILING and (
-            publication.lease_expires_at is None or publication.lease_expires_at <= now
-        ):
-            return _claim_reconcile(publication, now=now, task_id=task_id)
+        if publication.state == S.RECONCILING:
+            return _claim_look(publication, AttemptKind.RECONCILE, now=now, task_id=task_id)
+        if publication.state == S.PUBLISHED and publication.watch_until is not None and publication.next_attempt_at:
+            return _claim_look(publication, AttemptKind.WATCH, now=now, task_id=task_id)
         return Step(state=publication.state)
 
 
-def _claim_send(publication: Publication, *, now: datetime, task_id: str) -> _Claim | Step:
-    revision = publication.revision
-    if not request_intact(revision):
-        reason = "Refused: the request no longer matches the approved revision's SHA-256."
-        _fail(publication, reason=reason, action="publication.refused", now=now, task_id=task_id)
-        return Step(state=publication.state)
-    publication.attempts += 1
-    publication.state = S.SENDING
-    publication.sending_started_at = now
-    publication.lease_expires_at = _lease_until(now)
-    publication.next_attempt_at = None
-    publication.save(
-        update_fields=["attempts", "state", "sending_started_at", "lease_expires_at", "next_attempt_at", "updated_at"]
-    )
+def _claim_send(publication: Publication, *, now: datetime, task_id: str) -> _Claim:
+    token = uuid.uuid4()
+    request = approved_request(publication)
     attempt = PublishAttempt.objects.create(
         publication=publication,
         number=_next_attempt_number(publication),
         kind=AttemptKind.SEND,
+        token=token,
         started_at=now,
-        method=revision.method,
-        path=revision.path,
-        request_body=revision.body,
+        method=request.method,
+        path=request.path,
+        request_sha256=request.sha256,
     )
-    workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.PUBLISHING)
-    audit.record(
-        "publication.sending",
-        summary=f"Sending attempt {publication.attempts} of {publication}: {revision.method} {revision.path}",
-        actor_label=audit.SYSTEM_WORKER,
-        team=publication.team,
-        target=publication,
-        context={**_context(task_id), "attempt": attempt.number, "sha256": revision.sha256},
+    _move(
+        publication,
+        S.SENDING,
+        summary=f"Sending attempt {publication.attempts + 1} of {publication}: {request.method} {request.path}",
+        task_id=task_id,
+        lease_expires_at=_lease(now),
+        attempt_token=token,
+        attempts=publication.attempts + 1,
+        first_sent_at=publication.first_sent_at or now,
+        context={"attempt": attempt.number, "sha256": request.sha256},
     )
     return _claim_for(publication, attempt, task_id=task_id)
 
 
-def _claim_reconcile(publication: Publication, *, now: datetime, task_id: str) -> _Claim:
-    draft = publication.draft
-    if draft.kind == DraftKind.OPEN:
-        method, path = "GET", f"{isdown.INCIDENTS_PATH}?service_id={draft.service.isdown_service_id}"
+def _claim_look(publication: Publication, kind: str, *, now: datetime, task_id: str) -> _Claim:
+    token = uuid.uuid4()
+    if publication.request.method == "POST":
+        method, path = "GET", f"{isdown.INCIDENTS_PATH}?service_id={publication.service.isdown_service_id}"
     else:
-        method, path = "GET", isdown.incident_path(publication.incident.remote_id)
-    publication.lease_expires_at = _lease_until(now)
-    publication.next_attempt_at = None
-    publication.save(update_fields=["lease_expires_at", "next_attempt_at", "updated_at"])
+        method, path = "GET", isdown.incident_path(publication.target_remote_id or publication.remote_id)
     attempt = PublishAttempt.objects.create(
         publication=publication,
         number=_next_attempt_number(publication),
-        kind=AttemptKind.RECONCILE,
+        kind=kind,
+        token=token,
         started_at=now,
         method=method,
         path=path,
     )
+    _move(publication, publication.state, lease_expires_at=_lease(now), attempt_token=token, next_attempt_at=None)
     return _claim_for(publication, attempt, task_id=task_id)
 
 
 def _claim_for(publication: Publication, attempt: PublishAttempt, *, task_id: str) -> _Claim:
-    draft = publication.draft
-    incident = publication.incident or draft.incident
+    request = approved_request(publication)
     return _Claim(
         publication_id=publication.pk,
         attempt_id=attempt.pk,
+        token=attempt.token,
         kind=attempt.kind,
-        method=publication.revision.method,
-        path=publication.revision.path,
-        body=publication.revision.body,
-        draft_kind=draft.kind,
-        service_id=draft.service.isdown_service_id,
-        remote_incident_id=incident.remote_id if incident is not None else None,
-        window_start=_window_start(publication),
+        request=request,
+        creates=request.method == "POST",
+        service_id=publication.service.isdown_service_id,
+        target_remote_id=publication.target_remote_id or publication.remote_id,
+        since=publication.first_sent_at or attempt.started_at,
+        claimed_ids=_claimed_ids(publication),
         task_id=task_id,
     )
 
 
-# --- Send ---------------------------------------------------------------------------------------------------
-def _send(claim: _Claim, client: isdown.IsDownClient) -> Step:
-    error: BaseException | None = None
-    result: isdown.Result | None = None
-    try:
-        result = client.send(claim.method, claim.path, claim.body)
-    except isdown.IsDownError as exc:
-        error = exc
-    except Exception as exc:
-        logger.exception("publication %s: unexpected error while sending", claim.publication_id)
-        error = exc
-    return _record_send(claim, result=result, error=error)
-
-
-def _lock(publication_id: int) -> Publication:
-    return (
-        Publication.objects.select_for_update(of=("self",))
-        .select_related("revision", "draft", "team", "incident")
-        .get(pk=publication_id)
-    )
-
-
-def _complete_attempt(
+def _complete(
     attempt: PublishAttempt,
     *,
-    now: datetime,
     outcome: str,
-    exchange: isdown.Exchange | None,
-    error: BaseException | None,
-    latency_ms: int | None = None,
+    error: BaseException | None = None,
+    exchange: isdown.Exchange | None = None,
+    note: str = "",
+    now: datetime | None = None,
 ) -> None:
-    attempt.finished_at = now
+    attempt.finished_at = now or timezone.now()
     attempt.outcome = outcome
+    exchange = exchange or (error.exchange if isinstance(error, isdown.IsDownError) else None)
     if exchange is not None:
         attempt.status_code = exchange.status_code
         attempt.latency_ms = exchange.latency_ms
         attempt.response_excerpt = exchange.excerpt[:TEXT_LIMIT]
-    else:
-        attempt.latency_ms = latency_ms if latency_ms is not None else getattr(error, "latency_ms", None)
-    if error is not None:
-        attempt.error = _describe(error)
+    elif isinstance(error, isdown.IsDownError):
+        attempt.latency_ms = error.latency_ms
+    attempt.error = (describe(error) if error is not None else note)[:TEXT_LIMIT]
     attempt.save()
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
     if isinstance(error, isdown.IsDownError):
         return str(error)[:TEXT_LIMIT]
     return f"{type(error).__name__}: {error}"[:TEXT_LIMIT]
 
 
+def _locked_claim(claim: _Claim) -> tuple[Publication, PublishAttempt, bool]:
+    """Lock the row and the attempt; say whether the claim still owns the row."""
+    publication = _lock(claim.publication_id)
+    assert publication is not None  # publications are never deleted (PROTECT everywhere)
+    attempt = PublishAttempt.objects.select_for_update().get(pk=claim.attempt_id)
+    return publication, attempt, publication.attempt_token == claim.token
+
+
+# --- Send ---------------------------------------------------------------------------------------------------
+def _fence(claim: _Claim) -> bool:
+    """Right before the call: is the claim still the row's? Then renew the lease to cover the call."""
+    with transaction.atomic():
+        publication, attempt, ours = _locked_claim(claim)
+        if not (ours and publication.state == S.SENDING):
+            _complete(attempt, outcome=O.NOT_SENT, note="Not sent: another worker or the sweeper took the row over.")
+            return False
+        _move(publication, S.SENDING, lease_expires_at=_lease(timezone.now()))
+    return True
+
+
+def _send(claim: _Claim, client: isdown.IsDownClient) -> Step:
+    if not _fence(claim):
+        return Step(state="fenced")
+    result: isdown.Result | None = None
+    error: BaseException | None = None
+    try:
+        result = client.send(claim.request)
+    except isdown.IsDownError as exc:
+        error = exc
+    except Exception as exc:  # a bug or a time limit mid-call: whatever happened, the outcome is unknown
+        logger.exception("publication %s: unexpected error while sending", claim.publication_id)
+        error = exc
+    return _record_send(claim, result=result, error=error)
+
+
 def _record_send(claim: _Claim, *, result: isdown.Result | None, error: BaseException | None) -> Step:
-    """Record the call and move the publication, in one transaction, if this claim still owns it."""
+    """Record the call and move the publication, in one transaction."""
     outcome = classify(error)
     now = timezone.now()
     with transaction.atomic():
-        publication = _lock(claim.publication_id)
-        attempt = PublishAttempt.objects.select_for_update().get(pk=claim.attempt_id)
-        exchange = result.exchange if result is not None else getattr(error, "exchange", None)
-        _complete_attempt(attempt, now=now, outcome=outcome.value, exchange=exchange, error=error)
-        still_ours = publication.state == S.SENDING and _latest_attempt_id(publication, AttemptKind.SEND) == attempt.pk
-        if not still_ours:
-            # The lease ran out while we waited and the sweeper moved the row on. A success is still the
-            # truth and is adopted; anything else is only recorded, the new owner decides.
-            if result is not None and publication.state not in (S.PUBLISHED,):
-                _publish(publication, remote=result.incident, now=now, task_id=claim.task_id, how="late answer")
-            else:
-                logger.warning("publication %s: attempt %s finished after losing its lease", publication.pk, attempt.pk)
+        publication, attempt, ours = _locked_claim(claim)
+        attempt_outcome = {
+            Outcome.PUBLISHED: O.PUBLISHED,
+            Outcome.REJECTED: O.REJECTED,
+            Outcome.UNKNOWN: O.UNKNOWN,
+            Outcome.RETRY: O.NOT_SENT if isinstance(error, isdown.NotSent) else O.RETRY,
+        }[outcome]
+        if not (ours and publication.state == S.SENDING):
+            # The lease ran out and the sweeper moved the row on. A failure is only recorded (the new owner
+            # decides); a success is the truth and is adopted, or is a duplicate.
+            _complete(attempt, outcome=O.LATE if result is not None else attempt_outcome, error=error, now=now)
+            if result is not None:
+                _late_success(publication, remote=result.incident, task_id=claim.task_id, now=now)
             return Step(state=publication.state)
+        _complete(attempt, outcome=attempt_outcome, error=error, exchange=result.exchange if result else None, now=now)
         if result is not None:
             _publish(publication, remote=result.incident, now=now, task_id=claim.task_id, how="sent")
-            return Step(state=publication.state)
+            return Step(state=publication.state, run_again_in=_watch_countdown(publication, now))
         if outcome == Outcome.REJECTED:
             detail = getattr(error, "detail", None) or str(error)
-            _fail(
+            _move(
                 publication,
-                reason=f"IsDown refused the request: {detail}",
-                action="publication.failed",
-                now=now,
+                S.FAILED,
+                summary=f"{publication} failed: IsDown refused it ({str(detail)[:200]})",
                 task_id=claim.task_id,
+                last_error=f"IsDown refused the request: {detail}",
             )
             return Step(state=publication.state)
         if outcome == Outcome.RETRY:
-            retry_after = getattr(error, "retry_after", None)
-            step = _schedule_retry(
+            return _retry_or_fail(
                 publication,
                 attempt=attempt,
-                reason=_describe(error),
-                retry_after=retry_after,
+                reason=describe(error) if error else "not sent",
+                retry_after=getattr(error, "retry_after", None),
                 now=now,
                 task_id=claim.task_id,
             )
-            return step
-        return _start_reconciling(publication, reason=_describe(error), now=now, task_id=claim.task_id)
+        first_look = now + timedelta(seconds=settings.PUBLISH_RECONCILE_WINDOWS[0])
+        reason = describe(error) if error else "unknown outcome"
+        _move(
+            publication,
+            S.RECONCILING,
+            summary=f"{publication}: outcome of attempt {publication.attempts} unknown ({reason[:200]}); "
+            "checking IsDown before anything is sent again",
+            task_id=claim.task_id,
+            last_error=f"Outcome unknown ({reason}); checking IsDown before sending again.",
+            next_attempt_at=first_look,
+            unknown_since=now,
+            checks_failing_since=None,
+        )
+        return Step(state=publication.state, run_again_in=countdown_for((first_look - now).total_seconds()))
 
 
-def _latest_attempt_id(publication: Publication, kind: str) -> int | None:
-    return publication.attempt_rows.filter(kind=kind).order_by("-number").values_list("pk", flat=True).first()
-
-
-def _schedule_retry(
+def _retry_or_fail(
     publication: Publication,
     *,
     attempt: PublishAttempt | None,
@@ -390,85 +603,36 @@ def _schedule_retry(
     task_id: str,
 ) -> Step:
     if publication.attempts >= settings.PUBLISH_MAX_ATTEMPTS:
-        _fail(
+        _move(
             publication,
-            reason=f"Gave up after {publication.attempts} attempts. Last: {reason}",
-            action="publication.failed",
-            now=now,
+            S.FAILED,
+            summary=f"{publication} failed after {publication.attempts} attempts: {reason[:200]}",
             task_id=task_id,
+            last_error=f"Gave up after {publication.attempts} attempts. Last: {reason}",
         )
         return Step(state=publication.state)
     delay = retry_delay(attempt=publication.attempts, retry_after=retry_after)
-    publication.state = S.RETRY_WAIT
-    publication.next_attempt_at = now + timedelta(seconds=delay)
-    publication.lease_expires_at = None
-    publication.last_error = reason[:TEXT_LIMIT]
-    publication.save(update_fields=["state", "next_attempt_at", "lease_expires_at", "last_error", "updated_at"])
+    when = now + timedelta(seconds=delay)
     if attempt is not None:
-        attempt.next_retry_at = publication.next_attempt_at
+        attempt.next_retry_at = when
         attempt.save(update_fields=["next_retry_at"])
-    audit.record(
-        "publication.retry_scheduled",
+    _move(
+        publication,
+        S.RETRY_WAIT,
         summary=f"{publication}: attempt {publication.attempts} not processed ({reason[:200]}); "
         f"next attempt in {delay:.1f} s",
-        actor_label=audit.SYSTEM_WORKER,
-        team=publication.team,
-        target=publication,
-        context={**_context(task_id), "retry_after": retry_after, "delay": round(delay, 3)},
+        task_id=task_id,
+        last_error=reason,
+        next_attempt_at=when,
+        context={"retry_after": retry_after, "delay": round(delay, 3)},
     )
     return Step(state=publication.state, run_again_in=countdown_for(delay))
 
 
-def _start_reconciling(publication: Publication, *, reason: str, now: datetime, task_id: str) -> Step:
-    delay = settings.PUBLISH_RECONCILE_DELAY
-    publication.state = S.RECONCILING
-    publication.next_attempt_at = now + timedelta(seconds=delay)
-    publication.lease_expires_at = None
-    publication.last_error = reason[:TEXT_LIMIT]
-    publication.save(update_fields=["state", "next_attempt_at", "lease_expires_at", "last_error", "updated_at"])
-    audit.record(
-        "publication.reconciling",
-        summary=f"{publication}: outcome of attempt {publication.attempts} unknown ({reason[:200]}); "
-        "checking IsDown before anything is sent again",
-        actor_label=audit.SYSTEM_WORKER,
-        team=publication.team,
-        target=publication,
-        context=_context(task_id),
-    )
-    return Step(state=publication.state, run_again_in=countdown_for(delay))
-
-
-def _fail(publication: Publication, *, reason: str, action: str, now: datetime, task_id: str) -> None:
-    publication.state = S.FAILED
-    publication.last_error = reason[:TEXT_LIMIT]
-    publication.lease_expires_at = None
-    publication.next_attempt_at = None
-    publication.save(update_fields=["state", "last_error", "lease_expires_at", "next_attempt_at", "updated_at"])
-    workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.FAILED)
-    audit.record(
-        action,
-        summary=f"{publication} failed: {reason[:300]}",
-        actor_label=audit.SYSTEM_WORKER,
-        team=publication.team,
-        target=publication,
-        context=_context(task_id),
-    )
-
-
-def _needs_attention(publication: Publication, *, reason: str, task_id: str) -> None:
-    publication.state = S.NEEDS_ATTENTION
-    publication.last_error = reason[:TEXT_LIMIT]
-    publication.lease_expires_at = None
-    publication.next_attempt_at = None
-    publication.save(update_fields=["state", "last_error", "lease_expires_at", "next_attempt_at", "updated_at"])
-    audit.record(
-        "publication.needs_attention",
-        summary=f"{publication} needs attention: {reason[:300]}",
-        actor_label=audit.SYSTEM_WORKER,
-        team=publication.team,
-        target=publication,
-        context=_context(task_id),
-    )
+def _maybe_landed_sends(publication: Publication) -> int:
+    return publication.attempt_rows.filter(
+        kind=AttemptKind.SEND, outcome__in=[O.PUBLISHED, O.UNKNOWN, O.LOST, O.LATE]
+    ).count()
 
 
 def _publish(
@@ -479,246 +643,363 @@ def _publish(
     task_id: str,
     how: str,
     actor: Any = None,
+    action: str | None = None,
 ) -> Incident:
-    """Store the remote incident, link it, and mark publication and draft published (caller's transaction)."""
-    draft = Draft.objects.select_for_update().select_related("service").get(pk=publication.draft_id)
-    if draft.kind == DraftKind.OPEN:
+    """Store what IsDown holds, link it, and move the publication to ``published`` (caller's transaction). When
+    more than one send may have landed, a late twin is watched for."""
+    if publication.request.method == "POST":
         incident = Incident.objects.select_for_update().filter(remote_id=remote.id).first()
         if incident is None:
-            incident = Incident(service=draft.service, remote_id=remote.id, title=remote.title)
+            incident = Incident(service=publication.service, remote_id=remote.id, title=remote.title)
     else:
-        incident = Incident.objects.select_for_update().get(pk=publication.incident_id or draft.incident_id)
-    sync.apply_remote(incident=incident, remote=remote, now=now)
-    publication.state = S.PUBLISHED
-    publication.incident = incident
-    publication.remote_id = remote.id
-    publication.published_at = now
-    publication.lease_expires_at = None
-    publication.next_attempt_at = None
-    publication.result = {
-        "id": remote.id,
-        "url": remote.url,
-        "title": remote.title,
-        "severity": remote.severity,
-        "stage": remote.stage,
-        "resolved": remote.resolved,
-        "updates": len(remote.updates),
-        "how": how,
-    }
-    publication.save()
-    workflow.follow_publication(draft_id=draft.pk, state=DraftState.PUBLISHED)
-    audit.record(
-        "publication.published",
+        incident = Incident.objects.select_for_update().get(pk=publication.incident_id or publication.draft.incident_id)
+    mirror.apply_remote(incident=incident, remote=remote, now=now)
+    watch: dict[str, Any] = {"watch_until": None, "next_attempt_at": None}
+    effect = matching.Effect.of(approved_request(publication))
+    # Two sends that may both have landed: the other one can still turn up. (A title or severity change
+    # cannot be duplicated.)
+    if _maybe_landed_sends(publication) >= 2 and (effect.creates or effect.posts_an_entry):
+        windows = settings.PUBLISH_WATCH_WINDOWS
+        watch = {
+            "watch_until": now + timedelta(seconds=windows[-1]),
+            "next_attempt_at": now + timedelta(seconds=windows[0]),
+        }
+    _move(
+        publication,
+        S.PUBLISHED,
+        action=action,
         summary=f"{publication} published as IsDown incident #{remote.id} ({how})",
         actor=actor,
-        actor_label=None if actor is not None else audit.SYSTEM_WORKER,
-        team=publication.team,
-        target=publication,
-        changes={"state": [None, S.PUBLISHED.value], "remote_id": [None, remote.id]},
-        context=_context(task_id),
+        task_id=task_id,
+        incident=incident,
+        remote_id=remote.id,
+        published_at=now,
+        result={
+            "id": remote.id,
+            "url": remote.url,
+            "title": remote.title[:300],
+            "severity": remote.severity[:40],
+            "stage": remote.stage[:40],
+            "resolved": remote.resolved,
+            "updates": len(remote.updates),
+            "how": how,
+        },
+        changes={"remote_id": [None, remote.id]},
+        **watch,
     )
     return incident
 
 
-# --- Reconcile ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Verdict:
-    """The result of comparing IsDown's state with the request whose outcome is unknown."""
-
-    found: isdown.RemoteIncident | None = None
-    absent: bool = False
-    reason: str = ""
+def _watch_countdown(publication: Publication, now: datetime) -> float | None:
+    if publication.watch_until is None or publication.next_attempt_at is None:
+        return None
+    return countdown_for((publication.next_attempt_at - now).total_seconds())
 
 
-def judge_create(
-    *, candidates: list[isdown.RemoteIncident], body: dict[str, Any], window_start: datetime, known_ids: set[str]
-) -> Verdict:
-    """A create landed iff exactly one incident of the service has the title and was created in the window
-    (and is not already some local incident). None → absent; more than one → undecidable."""
-    matches = [
-        remote
-        for remote in candidates
-        if remote.title == body.get("title") and remote.created_at >= window_start and remote.id not in known_ids
-    ]
-    if len(matches) == 1:
-        return Verdict(found=matches[0], reason=f"found incident #{matches[0].id}")
-    if not matches:
-        return Verdict(absent=True, reason="no incident with this title since the first attempt")
-    ids = ", ".join(f"#{remote.id}" for remote in matches)
-    return Verdict(reason=f"{len(matches)} incidents with this title since the first attempt: {ids}")
-
-
-def judge_update(*, remote: isdown.RemoteIncident, body: dict[str, Any], window_start: datetime) -> Verdict:
-    """An update landed iff exactly one update with its stage and description is newer than the window; a
-    PATCH without an update (title/severity only) is idempotent, so matching attributes count as found."""
-    if "description" in body or "resolution_stage" in body:
-        matches = [
-            update
-            for update in remote.updates
-            if update.stage == body.get("resolution_stage")
-            and update.description == body.get("description")
-            and update.created_at >= window_start
-        ]
-        if len(matches) == 1:
-            return Verdict(found=remote, reason=f"found the update of {matches[0].created_at.isoformat()}")
-        if not matches:
-            return Verdict(absent=True, reason="no such update since the first attempt")
-        return Verdict(reason=f"{len(matches)} identical updates since the first attempt")
-    same = ("title" not in body or remote.title == body["title"]) and (
-        "status" not in body or remote.severity == body["status"]
-    )
-    if same:
-        return Verdict(found=remote, reason="title and severity already as requested")
-    return Verdict(absent=True, reason="title or severity not as requested")
-
-
-def _reconcile(claim: _Claim, client: isdown.IsDownClient) -> Step:
-    window_start = claim.window_start or timezone.now() - CLOCK_SKEW_MARGIN
-    verdict: Verdict | None = None
-    error: BaseException | None = None
-    exchange: isdown.Exchange | None = None
-    try:
-        if claim.draft_kind == DraftKind.OPEN:
-            candidates = client.list_incidents(claim.service_id)
-            known = set(
-                Incident.objects.filter(remote_id__in=[c.id for c in candidates]).values_list("remote_id", flat=True)
-            )
-            verdict = judge_create(candidates=candidates, body=claim.body, window_start=window_start, known_ids=known)
+def _late_success(publication: Publication, *, remote: isdown.RemoteIncident, task_id: str, now: datetime) -> None:
+    """A send answered 2xx after its claim was gone. If the row is still undecided, that answer settles it;
+    if it is already published (or its duplicate known) with another effect, this one is a duplicate."""
+    if publication.state in (S.PUBLISHED, S.DUPLICATE_DETECTED):
+        request = approved_request(publication)
+        if request.method == "POST":
+            twin = [remote.id] if remote.id != publication.remote_id else []
         else:
-            remote = client.get_incident(claim.remote_incident_id or "")
-            verdict = judge_update(remote=remote, body=claim.body, window_start=window_start)
+            effect = matching.Effect.of(request)
+            extra = matching.extra_entries(remote=remote, effect=effect, since=publication.first_sent_at or now)
+            twin = [remote.id] if extra else []
+        if twin:
+            _duplicate(publication, twin_ids=twin, task_id=task_id, how="a send answered after losing its lease")
+        return
+    # Still undecided (or a newer send is in flight: if that one lands too, its answer finds this row published
+    # and records the twin).
+    _publish(publication, remote=remote, now=now, task_id=task_id, how="a send answered after losing its lease")
+
+
+def _duplicate(publication: Publication, *, twin_ids: list[str], task_id: str, how: str) -> None:
+    ids = sorted({*publication.duplicate_remote_ids, *twin_ids})
+    extra = ", ".join(f"#{i}" for i in ids if i != publication.remote_id)
+    reason = f"It reached IsDown more than once ({how}): " + (
+        f"incident(s) {extra} duplicate #{publication.remote_id}."
+        if publication.request.method == "POST"
+        else f"the update appears more than once on incident #{publication.remote_id}."
+    )
+    if publication.state == S.DUPLICATE_DETECTED:  # one more twin of a duplicate already known
+        publication.duplicate_remote_ids = ids
+        publication.save(update_fields=["duplicate_remote_ids", "updated_at"])
+        return
+    _move(
+        publication,
+        S.DUPLICATE_DETECTED,
+        summary=f"{publication}: duplicate detected ({how})",
+        task_id=task_id,
+        last_error=reason,
+        duplicate_remote_ids=ids,
+        watch_until=None,
+        changes={"duplicates": [None, ids]},
+    )
+
+
+# --- Checks on IsDown: reconcile and the twin watch -----------------------------------------------------------
+def _look(claim: _Claim, client: isdown.IsDownClient) -> tuple[Any, BaseException | None]:
+    """Read what IsDown shows for this claim: the service's list (a create) or the incident (an update)."""
+    try:
+        if claim.creates:
+            return client.list_incidents(claim.service_id, since=claim.since - matching.CLOCK_SKEW), None
+        return client.get_incident(claim.target_remote_id), None
     except isdown.IsDownError as exc:
-        error, exchange = exc, exc.exchange
-    except Exception as exc:
-        logger.exception("publication %s: unexpected error while reconciling", claim.publication_id)
-        error = exc
-    return _record_reconcile(claim, verdict=verdict, error=error, exchange=exchange)
+        return None, exc
+    except Exception as exc:  # unforeseen: a failed check, retried like any other
+        logger.exception("publication %s: unexpected error while checking IsDown", claim.publication_id)
+        return None, exc
 
 
-def _record_reconcile(
-    claim: _Claim, *, verdict: Verdict | None, error: BaseException | None, exchange: isdown.Exchange | None
-) -> Step:
+def _check(claim: _Claim, client: isdown.IsDownClient) -> Step:
+    seen, error = _look(claim, client)
+    verdict: matching.Verdict | None = None
+    if seen is not None:
+        effect = matching.Effect.of(claim.request)
+        if claim.creates:
+            verdict = matching.judge_create(listing=seen, effect=effect, since=claim.since, claimed=claim.claimed_ids)
+        else:
+            verdict = matching.judge_update(remote=seen, effect=effect, since=claim.since)
     now = timezone.now()
     with transaction.atomic():
-        publication = _lock(claim.publication_id)
-        attempt = PublishAttempt.objects.select_for_update().get(pk=claim.attempt_id)
-        if verdict is not None:
-            outcome = "found" if verdict.found else "absent" if verdict.absent else "ambiguous"
+        publication, attempt, ours = _locked_claim(claim)
+        if verdict is None:
+            outcome = O.CHECK_FAILED
         else:
-            outcome = "check_failed"
-        _complete_attempt(attempt, now=now, outcome=outcome, exchange=exchange, error=error)
-        if verdict is not None and not attempt.error:
-            attempt.error = verdict.reason[:TEXT_LIMIT]
-            attempt.save(update_fields=["error"])
-        still_ours = (
-            publication.state == S.RECONCILING and _latest_attempt_id(publication, AttemptKind.RECONCILE) == attempt.pk
-        )
-        if not still_ours:
+            outcome = O.FOUND if verdict.found else O.ABSENT if verdict.absent else O.AMBIGUOUS
+        _complete(attempt, outcome=outcome, error=error, note=verdict.reason if verdict else "")
+        if not (ours and publication.state == S.RECONCILING):
             return Step(state=publication.state)
         if verdict is None:
-            return _reconcile_failed(publication, error=error, now=now, task_id=claim.task_id)
+            return _check_failed(publication, error=error, now=now, task_id=claim.task_id)
         if verdict.found is not None:
-            _publish(publication, remote=verdict.found, now=now, task_id=claim.task_id, how="adopted after reconcile")
-            return Step(state=publication.state)
-        if verdict.absent:
-            audit.record(
-                "publication.reconciled",
-                summary=f"{publication}: not on IsDown ({verdict.reason}); it will be sent again",
-                actor_label=audit.SYSTEM_WORKER,
-                team=publication.team,
-                target=publication,
-                context=_context(claim.task_id),
-            )
-            return _schedule_retry(
+            _publish(
                 publication,
-                attempt=attempt,
-                reason=f"Proven absent: {verdict.reason}",
-                retry_after=None,
+                remote=verdict.found,
                 now=now,
                 task_id=claim.task_id,
+                how=f"found on IsDown: {verdict.reason}",
             )
-        _needs_attention(
-            publication, reason=f"Cannot tell whether it was published: {verdict.reason}", task_id=claim.task_id
+            return Step(state=publication.state, run_again_in=_watch_countdown(publication, now))
+        if verdict.ambiguous:
+            _move(
+                publication,
+                S.NEEDS_ATTENTION,
+                summary=f"{publication} needs attention: {verdict.reason}",
+                task_id=claim.task_id,
+                last_error=f"Cannot tell whether it reached IsDown: {verdict.reason}",
+            )
+            return Step(state=publication.state)
+        return _absent(publication, verdict=verdict, now=now, task_id=claim.task_id)
+
+
+def _absent(publication: Publication, *, verdict: matching.Verdict, now: datetime, task_id: str) -> Step:
+    """One more look found nothing. Before the window is over, look again at its next point; after the last
+    point, absence is proven and the approved request is sent again."""
+    windows = settings.PUBLISH_RECONCILE_WINDOWS
+    since = publication.unknown_since or now
+    looks = publication.attempt_rows.filter(kind=AttemptKind.RECONCILE, outcome=O.ABSENT, started_at__gte=since).count()
+    if looks < len(windows):
+        when = max(now, since + timedelta(seconds=windows[looks]))
+        _move(
+            publication,
+            S.RECONCILING,
+            **_RELEASED,
+            next_attempt_at=when,
+            checks_failing_since=None,
+            last_error=f"Not on IsDown yet (look {looks} of {len(windows)}); looking again before sending again.",
+        )
+        return Step(state=publication.state, run_again_in=countdown_for((when - now).total_seconds()))
+    if publication.attempts >= settings.PUBLISH_MAX_ATTEMPTS:
+        _move(
+            publication,
+            S.FAILED,
+            summary=f"{publication} failed: not on IsDown after {publication.attempts} attempts",
+            task_id=task_id,
+            last_error=f"Gave up after {publication.attempts} attempts; none reached IsDown ({verdict.reason}).",
         )
         return Step(state=publication.state)
+    _move(
+        publication,
+        S.RETRY_WAIT,
+        summary=f"{publication}: not on IsDown after {len(windows)} looks over "
+        f"{windows[-1]:g} s ({verdict.reason}); it will be sent again",
+        task_id=task_id,
+        last_error=f"Proven absent: {verdict.reason}",
+        next_attempt_at=now,
+    )
+    return Step(state=publication.state, run_again_in=0.0)
 
 
-def _reconcile_failed(publication: Publication, *, error: BaseException | None, now: datetime, task_id: str) -> Step:
-    """A check that could not be made: try again a few times when the failure cannot last, then ask a human."""
-    reason = _describe(error) if error is not None else "unknown error"
-    tries = _consecutive_failed_checks(publication)
-    if classify(error) == Outcome.RETRY and tries < RECONCILE_MAX_TRIES:
-        delay = retry_delay(attempt=tries, retry_after=getattr(error, "retry_after", None))
-        publication.next_attempt_at = now + timedelta(seconds=delay)
-        publication.lease_expires_at = None
-        publication.last_error = f"Check failed, will try again: {reason}"[:TEXT_LIMIT]
-        publication.save(update_fields=["next_attempt_at", "lease_expires_at", "last_error", "updated_at"])
-        return Step(state=publication.state, run_again_in=countdown_for(delay))
-    _needs_attention(publication, reason=f"Could not check IsDown: {reason}", task_id=task_id)
-    return Step(state=publication.state)
+def _check_failed(publication: Publication, *, error: BaseException | None, now: datetime, task_id: str) -> Step:
+    """A look that could not be made: a blip is retried with backoff; a refusal only a human can judge (a 4xx:
+    the key, the incident gone) or checks failing past PUBLISH_CHECK_PATIENCE go to needs_attention."""
+    reason = describe(error) if error is not None else "unknown error"
+    failing_since = publication.checks_failing_since or now
+    lasting = classify(error) == Outcome.REJECTED
+    patience_left = (now - failing_since).total_seconds() < settings.PUBLISH_CHECK_PATIENCE
+    if lasting or not patience_left:
+        why = "IsDown refused the check" if lasting else f"checks have failed since {failing_since:%H:%M:%S}"
+        _move(
+            publication,
+            S.NEEDS_ATTENTION,
+            summary=f"{publication} needs attention: {why} ({reason[:200]})",
+            task_id=task_id,
+            last_error=f"Could not check IsDown ({why}): {reason}",
+        )
+        return Step(state=publication.state)
+    failures = _consecutive(publication, AttemptKind.RECONCILE, O.CHECK_FAILED)
+    delay = retry_delay(attempt=failures, retry_after=getattr(error, "retry_after", None))
+    _move(
+        publication,
+        S.RECONCILING,
+        **_RELEASED,
+        next_attempt_at=now + timedelta(seconds=delay),
+        checks_failing_since=failing_since,
+        last_error=f"Check failed, will try again in {delay:.1f} s: {reason}",
+    )
+    return Step(state=publication.state, run_again_in=countdown_for(delay))
 
 
-def _consecutive_failed_checks(publication: Publication) -> int:
+def _consecutive(publication: Publication, kind: str, outcome: str) -> int:
     count = 0
-    for kind, outcome in publication.attempt_rows.order_by("-number").values_list("kind", "outcome"):
-        if kind != AttemptKind.RECONCILE or outcome != "check_failed":
+    for row_kind, row_outcome in publication.attempt_rows.order_by("-number").values_list("kind", "outcome"):
+        if row_kind != kind or row_outcome != outcome:
             break
         count += 1
     return count
 
 
-# --- Sweeper ------------------------------------------------------------------------------------------------
-def sweep(*, task_id: str = "") -> list[int]:
-    """Move expired ``sending`` leases to ``reconciling`` and return the ids of due publications that are not
-    moving (never enqueued, or enqueued longer ago than SWEEP_INTERVAL), for the caller to enqueue.
+def _watch(claim: _Claim, client: isdown.IsDownClient) -> Step:
+    """After a resend: is there a second copy of our effect on IsDown?"""
+    seen, error = _look(claim, client)
+    now = timezone.now()
+    with transaction.atomic():
+        publication, attempt, ours = _locked_claim(claim)
+        effect = matching.Effect.of(claim.request)
+        twins: list[str] = []
+        if seen is not None:
+            if claim.creates:
+                twins = matching.twins_of_create(
+                    listing=seen,
+                    effect=effect,
+                    since=claim.since,
+                    own_id=publication.remote_id,
+                    claimed=claim.claimed_ids,
+                )
+            elif matching.extra_entries(
+                remote=seen, effect=effect, since=claim.since, expected=_expected_entries(publication, effect)
+            ):
+                twins = [publication.remote_id]
+        outcome = O.CHECK_FAILED if seen is None else O.TWIN_FOUND if twins else O.NO_TWIN
+        _complete(attempt, outcome=outcome, error=error)
+        if not (ours and publication.state == S.PUBLISHED and publication.watch_until is not None):
+            return Step(state=publication.state)
+        if twins:
+            _duplicate(publication, twin_ids=twins, task_id=claim.task_id, how="a late twin appeared after a resend")
+            return Step(state=publication.state)
+        windows = settings.PUBLISH_WATCH_WINDOWS
+        published_at = publication.published_at or now
+        if seen is None:
+            if now > publication.watch_until + timedelta(seconds=settings.PUBLISH_CHECK_PATIENCE):
+                _move(
+                    publication,
+                    S.PUBLISHED,
+                    action="publication.watch_incomplete",
+                    summary=f"{publication}: the watch for a late twin could not finish "
+                    f"({describe(error) if error else 'no answer'})",
+                    task_id=claim.task_id,
+                    watch_until=None,
+                    next_attempt_at=None,
+                    **_RELEASED,
+                )
+                return Step(state=publication.state)
+            delay = retry_delay(attempt=_consecutive(publication, AttemptKind.WATCH, O.CHECK_FAILED))
+            _move(publication, S.PUBLISHED, next_attempt_at=now + timedelta(seconds=delay), **_RELEASED)
+            return Step(state=publication.state, run_again_in=countdown_for(delay))
+        looks = publication.attempt_rows.filter(kind=AttemptKind.WATCH, outcome=O.NO_TWIN).count()
+        if looks >= len(windows):
+            _move(publication, S.PUBLISHED, watch_until=None, next_attempt_at=None, **_RELEASED)
+            return Step(state=publication.state)
+        when = max(now, published_at + timedelta(seconds=windows[looks]))
+        _move(publication, S.PUBLISHED, next_attempt_at=when, **_RELEASED)
+        return Step(state=publication.state, run_again_in=countdown_for((when - now).total_seconds()))
 
-    Nothing here sends anything; enqueuing a row twice is harmless because ``process`` claims it once.
-    """
+
+def _expected_entries(publication: Publication, effect: matching.Effect) -> int:
+    """Ours, plus identical entries other publications of the same incident may have posted since ours."""
+    since = publication.first_sent_at
+    same = Publication.objects.filter(
+        target_remote_id=publication.target_remote_id, request__body=publication.request.body, first_sent_at__gte=since
+    ).exclude(pk=publication.pk)
+    return 1 + same.exclude(state__in=[S.QUEUED, S.FAILED, S.ABANDONED]).count()
+
+
+# --- Sweeper ------------------------------------------------------------------------------------------------
+def sweep(*, task_id: str = "") -> list[tuple[int, float]]:
+    """Move expired leases on, and return ``(publication id, countdown)`` for the caller to enqueue: each due
+    publication that is not moving (never enqueued, or enqueued longer ago than SWEEP_INTERVAL), and each one
+    just moved on, with the time until its next step.
+
+    An expired ``sending`` lease means the worker died or stalled mid-call: the outcome is unknown, so the row is
+    reconciled over the whole window before anything is sent again. An expired check lease just frees the check.
+    Nothing here makes an HTTP call; enqueuing a row twice is harmless because ``process`` claims it once."""
     now = timezone.now()
     idle = now - timedelta(seconds=settings.SWEEP_INTERVAL)
+    moved: list[tuple[int, float]] = []
     with transaction.atomic():
-        expired = list(
+        expired = (
             Publication.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("team")
-            .filter(state=S.SENDING, lease_expires_at__lt=now)
+            .select_related("team", "draft", "service", "request")
+            .filter(lease_expires_at__lt=now, state__in=SCHEDULE_STATES)
         )
         for publication in expired:
-            PublishAttempt.objects.filter(publication=publication, finished_at__isnull=True).update(
-                finished_at=now, outcome="lost", error="The worker stopped during the call (lease expired)."
+            in_flight = PublishAttempt.objects.filter(publication=publication, finished_at__isnull=True)
+            in_flight.update(
+                finished_at=now, outcome=O.LOST, error="The worker stopped during the call (lease expired)."
             )
-            publication.state = S.RECONCILING
-            publication.next_attempt_at = now
-            publication.lease_expires_at = None
-            publication.last_error = "The worker stopped during the call; checking IsDown before sending again."
-            publication.save(update_fields=["state", "next_attempt_at", "lease_expires_at", "last_error", "updated_at"])
-            audit.record(
-                "publication.lease_expired",
-                summary=f"{publication}: the worker's lease expired mid-call; reconciling",
-                actor_label=audit.SYSTEM_WORKER,
-                team=publication.team,
-                target=publication,
-                context=_context(task_id),
-            )
+            if publication.state == S.SENDING:
+                first_look = settings.PUBLISH_RECONCILE_WINDOWS[0]
+                _move(
+                    publication,
+                    S.RECONCILING,
+                    action="publication.lease_expired",
+                    summary=f"{publication}: the worker's lease expired mid-call; checking IsDown before sending again",
+                    task_id=task_id,
+                    last_error="The worker stopped during the call; checking IsDown before sending again.",
+                    next_attempt_at=now + timedelta(seconds=first_look),
+                    unknown_since=now,
+                    checks_failing_since=None,
+                )
+                moved.append((publication.pk, first_look))
+            else:
+                _move(publication, publication.state, next_attempt_at=now, **_RELEASED)
+                moved.append((publication.pk, 0.0))
+    blocked = Publication.objects.filter(
+        target_remote_id=OuterRef("target_remote_id"), state__in=UNSETTLED, pk__lt=OuterRef("pk")
+    ).exclude(target_remote_id="")
     due = (
-        Publication.objects.filter(state__in=(S.QUEUED, S.RETRY_WAIT, S.RECONCILING))
+        Publication.objects.filter(
+            Q(state__in=(S.QUEUED, S.RETRY_WAIT, S.RECONCILING)) | Q(state=S.PUBLISHED, watch_until__isnull=False)
+        )
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .filter(Q(last_enqueued_at__isnull=True) | Q(last_enqueued_at__lte=idle))
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+        .exclude(Q(state__in=CLAIMABLE_FOR_SEND) & Exists(blocked))
+        .exclude(state=S.PUBLISHED, next_attempt_at__isnull=True)
         .order_by("next_attempt_at", "pk")
+        .values_list("pk", flat=True)
     )
-    return [publication.pk for publication in expired] + [
-        pk for pk in due.values_list("pk", flat=True) if pk not in {p.pk for p in expired}
-    ]
-
-
-def note_enqueued(*, publication_id: int) -> None:
-    """Remember that a message for this publication reached the broker (the sweeper leaves it alone a while)."""
-    Publication.objects.filter(pk=publication_id).update(last_enqueued_at=timezone.now())
+    moved_ids = {pk for pk, _ in moved}
+    return moved + [(pk, 0.0) for pk in due if pk not in moved_ids]
 
 
 # --- Human actions ------------------------------------------------------------------------------------------
 def _lock_for_human(publication_id: int, *, allowed: tuple[str, ...], expected_state: str | None) -> Publication:
     publication = _lock(publication_id)
+    assert publication is not None
     if publication.state not in allowed or (expected_state is not None and publication.state != expected_state):
         raise InvalidTransition(
             f"This publication is now “{publication.get_state_display()}”; the action was not applied."
@@ -726,76 +1007,151 @@ def _lock_for_human(publication_id: int, *, allowed: tuple[str, ...], expected_s
     return publication
 
 
-def _enqueue_after_commit(publication_id: int) -> None:
-    from .tasks import enqueue_publication  # tasks imports this module
-
-    transaction.on_commit(lambda: enqueue_publication(publication_id))
-
-
-def _requeue_by_human(
-    publication_id: int,
-    *,
-    user: Any,
-    expected_state: str | None,
-    verb: str,
-    to_state: Any,
-    action: str,
-    summary: str,
-    context: dict[str, Any] | None = None,
-) -> Publication:
-    """One approver action on a failed or stuck publication: lock, check, move, audit, enqueue after commit.
-    ``to_state`` is the new state, or a function of the current one."""
-    with transaction.atomic():
-        publication = _lock_for_human(publication_id, allowed=RETRYABLE_BY_HUMAN, expected_state=expected_state)
-        access.require_role(user, publication.team, access.REVIEWING_ROLES, action=verb)
-        before = publication.state
-        publication.state = to_state(before) if callable(to_state) else to_state
-        if publication.state == S.QUEUED:
-            publication.attempts = 0  # a fresh attempt budget for a new send
-        publication.next_attempt_at = None
-        publication.lease_expires_at = None
-        publication.save(update_fields=["state", "attempts", "next_attempt_at", "lease_expires_at", "updated_at"])
-        workflow.follow_publication(draft_id=publication.draft_id, state=DraftState.PUBLISHING)
-        audit.record(
-            action,
-            summary=summary.format(publication=publication, before=before, user=user.get_username()),
-            actor=user,
-            team=publication.team,
-            target=publication,
-            changes={"state": [before, publication.state]},
-            context=context(publication) if callable(context) else context,
-        )
-        _enqueue_after_commit(publication.pk)
-    return publication
-
-
 def retry_now(*, publication_id: int, user: Any, expected_state: str | None = None) -> Publication:
     """Approver: a failed publication is queued again with a fresh attempt budget; one that needs attention
-    is checked again (reconcile), which sends nothing by itself."""
-    return _requeue_by_human(
-        publication_id,
-        user=user,
-        expected_state=expected_state,
-        verb="retry a publication",
-        to_state=lambda before: S.QUEUED if before == S.FAILED else S.RECONCILING,
-        action="publication.retry_requested",
-        summary="{publication}: retry now (from {before})",
-    )
+    is checked again over a fresh window, which by itself sends nothing."""
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=RETRYABLE_BY_HUMAN, expected_state=expected_state)
+        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="retry a publication")
+        now = timezone.now()
+        if publication.state == S.FAILED:
+            _move(
+                publication,
+                S.QUEUED,
+                summary=f"{publication}: retry now, requested by {user.get_username()}",
+                actor=user,
+                attempts=0,
+            )
+        else:
+            _move(
+                publication,
+                S.RECONCILING,
+                summary=f"{publication}: check IsDown again, requested by {user.get_username()}",
+                actor=user,
+                next_attempt_at=now,
+                unknown_since=now,
+                checks_failing_since=None,
+            )
+        enqueue.publication_on_commit(publication.pk)
+    return publication
 
 
 def send_again(*, publication_id: int, user: Any, expected_state: str | None = None) -> Publication:
     """Approver, after seeing the evidence: send the approved request again even though an earlier attempt
     may have landed. The only path to a send that reconciliation did not clear."""
-    return _requeue_by_human(
-        publication_id,
-        user=user,
-        expected_state=expected_state,
-        verb="send a publication again",
-        to_state=S.QUEUED,
-        action="publication.send_again",
-        summary="{publication}: send again, confirmed by {user}",
-        context=lambda publication: {"last_error": publication.last_error[:300]},
-    )
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=(S.NEEDS_ATTENTION,), expected_state=expected_state)
+        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="send a publication again")
+        _move(
+            publication,
+            S.QUEUED,
+            summary=f"{publication}: send again, confirmed by {user.get_username()}",
+            actor=user,
+            attempts=0,
+            context={"last_error": publication.last_error[:300]},
+        )
+        enqueue.publication_on_commit(publication.pk)
+    return publication
+
+
+def abandon(*, publication_id: int, user: Any, reason: str, expected_state: str | None = None) -> Publication:
+    """Approver: give up on a failed or stuck publication, with a reason. It will never be sent, and the
+    publications behind it for the same incident go on."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise VerificationFailed("Say why it is abandoned: a reason is required.")
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=RETRYABLE_BY_HUMAN, expected_state=expected_state)
+        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="abandon a publication")
+        _move(
+            publication,
+            S.ABANDONED,
+            summary=f"{publication}: abandoned by {user.get_username()}: {reason[:200]}",
+            actor=user,
+            decision_note=reason[:2000],
+            changes={"reason": [None, reason[:500]]},
+        )
+    return publication
+
+
+def acknowledge_duplicate(
+    *, publication_id: int, user: Any, note: str, expected_state: str | None = None
+) -> Publication:
+    """Approver: a duplicate that cannot be taken back (an update has no id on IsDown) is acknowledged."""
+    note = (note or "").strip()
+    if not note:
+        raise VerificationFailed("Say what was done about it: a note is required.")
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=(S.DUPLICATE_DETECTED,), expected_state=expected_state)
+        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="acknowledge a duplicate")
+        _move(
+            publication,
+            S.PUBLISHED,
+            action="publication.duplicate_acknowledged",
+            summary=f"{publication}: duplicate acknowledged by {user.get_username()}: {note[:200]}",
+            actor=user,
+            decision_note=note[:2000],
+            changes={"note": [None, note[:500]]},
+        )
+    return publication
+
+
+def delete_duplicates(
+    *, publication_id: int, user: Any, expected_state: str | None = None, client: isdown.IsDownClient | None = None
+) -> Publication:
+    """Approver: delete the extra incidents of a duplicated create on IsDown (each DELETE a recorded attempt),
+    then settle the publication. Its own incident stays."""
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=(S.DUPLICATE_DETECTED,), expected_state=expected_state)
+        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="delete a duplicate")
+        if publication.request.method != "POST":
+            raise InvalidTransition(
+                "A duplicated update cannot be deleted on IsDown (updates have no id): acknowledge it."
+            )
+        extra = [i for i in publication.duplicate_remote_ids if i != publication.remote_id]
+        attempts = [
+            PublishAttempt.objects.create(
+                publication=publication,
+                number=_next_attempt_number(publication) + n,
+                kind=AttemptKind.DELETE,
+                started_at=timezone.now(),
+                method="DELETE",
+                path=isdown.incident_path(remote_id),
+            )
+            for n, remote_id in enumerate(extra)
+        ]
+    own_client = client is None
+    client = client or make_client()
+    failures: list[str] = []
+    try:
+        for attempt, remote_id in zip(attempts, extra, strict=True):
+            error: BaseException | None = None
+            try:
+                client.delete_incident(remote_id)
+            except isdown.IsDownError as exc:
+                error = exc
+                failures.append(f"#{remote_id}: {describe(exc)}")
+            with transaction.atomic():
+                row = PublishAttempt.objects.select_for_update().get(pk=attempt.pk)
+                _complete(row, outcome=O.DELETED if error is None else O.CHECK_FAILED, error=error)
+    finally:
+        if own_client:
+            client.close()
+    if failures:
+        raise VerificationFailed("Could not delete on IsDown: " + "; ".join(failures))
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=(S.DUPLICATE_DETECTED,), expected_state=None)
+        _move(
+            publication,
+            S.PUBLISHED,
+            action="publication.duplicate_deleted",
+            summary=f"{publication}: duplicate incident(s) {', '.join('#' + i for i in extra)} deleted on IsDown "
+            f"by {user.get_username()}",
+            actor=user,
+            decision_note=f"Deleted the duplicate(s) {', '.join('#' + i for i in extra)} on IsDown.",
+            changes={"deleted": [None, extra]},
+        )
+    return publication
 
 
 def mark_published(
@@ -809,8 +1165,8 @@ def mark_published(
     """Approver: adopt IsDown incident ``remote_id`` as this publication's effect, after a GET shows it is an
     incident of the right service (and, for an update, the right incident). The GET is a recorded attempt."""
     remote_id = remote_id.strip().lstrip("#")
-    if not remote_id.isdigit():
-        raise VerificationFailed("An IsDown incident id is a number, like 55001.")
+    if not remote_id.isascii() or not remote_id.isdigit() or len(remote_id) > 18:
+        raise VerificationFailed("An IsDown incident id is a number, like the one in the incident's IsDown URL.")
     with transaction.atomic():
         publication = _lock_for_human(publication_id, allowed=RETRYABLE_BY_HUMAN, expected_state=expected_state)
         access.require_role(user, publication.team, access.REVIEWING_ROLES, action="mark a publication published")
@@ -823,7 +1179,6 @@ def mark_published(
             method="GET",
             path=isdown.incident_path(remote_id),
         )
-        draft = Draft.objects.select_related("service", "incident").get(pk=publication.draft_id)
     own_client = client is None
     client = client or make_client()
     remote: isdown.RemoteIncident | None = None
@@ -835,60 +1190,80 @@ def mark_published(
     finally:
         if own_client:
             client.close()
-    problem = _verification_problem(draft=draft, remote=remote, error=error, remote_id=remote_id)
-    now = timezone.now()
+    problem = _verification_problem(publication=publication, remote=remote, error=error, remote_id=remote_id)
     with transaction.atomic():
-        attempt = PublishAttempt.objects.select_for_update().get(pk=attempt.pk)
-        _complete_attempt(
-            attempt,
-            now=now,
-            outcome="verified" if problem is None else "not_verified",
-            exchange=error.exchange if isinstance(error, isdown.IsDownError) else None,
-            error=error,
-        )
-        if problem is not None:
-            attempt.error = attempt.error or problem
-            attempt.save(update_fields=["error"])
+        row = PublishAttempt.objects.select_for_update().get(pk=attempt.pk)
+        _complete(row, outcome=O.VERIFIED if problem is None else O.NOT_VERIFIED, error=error, note=problem or "")
     if problem is not None:
         raise VerificationFailed(problem)
+    assert remote is not None
     with transaction.atomic():
         publication = _lock_for_human(publication_id, allowed=(seen_state,), expected_state=None)
         _publish(
             publication,
             remote=remote,
-            now=now,
+            now=timezone.now(),
             task_id="",
             how=f"marked published by {user.get_username()}",
             actor=user,
-        )
-        audit.record(
-            "publication.marked_published",
-            summary=f"{publication}: marked published as IsDown incident #{remote.id} by {user.get_username()}",
-            actor=user,
-            team=publication.team,
-            target=publication,
-            changes={"state": [seen_state, S.PUBLISHED.value]},
-            context={"remote_id": remote.id},
+            action="publication.marked_published",
         )
     return publication
 
 
 def _verification_problem(
-    *, draft: Draft, remote: isdown.RemoteIncident | None, error: BaseException | None, remote_id: str
+    *, publication: Publication, remote: isdown.RemoteIncident | None, error: BaseException | None, remote_id: str
 ) -> str | None:
     if error is not None:
         if isinstance(error, isdown.Rejected) and error.status_code == 404:
             return f"IsDown has no incident #{remote_id}."
-        return f"Could not check incident #{remote_id} on IsDown: {_describe(error)}"
+        return f"Could not check incident #{remote_id} on IsDown: {describe(error)}"
     assert remote is not None
-    if remote.service_id != draft.service.isdown_service_id:
+    if remote.service_id != publication.service.isdown_service_id:
         return f"Incident #{remote_id} belongs to another IsDown service (#{remote.service_id})."
-    if draft.kind == DraftKind.UPDATE:
-        expected = draft.incident.remote_id if draft.incident is not None else None
-        if expected != remote.id:
-            return f"This update was for incident #{expected}, not #{remote_id}."
+    if publication.request.method != "POST":
+        if publication.target_remote_id != remote.id:
+            return f"This update was for incident #{publication.target_remote_id}, not #{remote_id}."
         return None
     other = Incident.objects.filter(remote_id=remote.id).first()
     if other is not None:
         return f"Incident #{remote_id} is already linked to {other}."
     return None
+
+
+# --- Sync's view: what landed of ours ---------------------------------------------------------------------------
+def attribute(*, incident: Incident, remote: isdown.RemoteIncident, task_id: str = "") -> list[Publication]:
+    """Sync found ``remote``: adopt every undecided publication of this incident whose effect it shows (an
+    earlier attempt landed after all), so it is never mistaken for drift nor sent again. Caller's transaction,
+    incident row locked. Publications in flight are left to their worker."""
+    adopted = []
+    pending = (
+        Publication.objects.select_for_update(of=("self",))
+        .select_related("request", "revision", "draft", "team", "service", "incident")
+        .filter(target_remote_id=remote.id, state__in=(S.RETRY_WAIT, S.RECONCILING, S.FAILED, S.NEEDS_ATTENTION))
+        .exclude(first_sent_at__isnull=True)
+        .order_by("pk")
+    )
+    for publication in pending:
+        effect = matching.Effect.of(approved_request(publication))
+        verdict = matching.judge_update(remote=remote, effect=effect, since=publication.first_sent_at)
+        if verdict.found is not None:
+            _publish(
+                publication,
+                remote=remote,
+                now=timezone.now(),
+                task_id=task_id,
+                how=f"found by sync: {verdict.reason}",
+                action="publication.adopted_by_sync",
+            )
+            adopted.append(publication)
+    return adopted
+
+
+def pending_effects(remote_id: str) -> list[matching.Effect]:
+    """The effects of this incident's publications that may be on IsDown without being recorded yet (in flight
+    or undecided): sync does not call what they show drift."""
+    rows = Publication.objects.filter(target_remote_id=remote_id, state__in=HOLDING_PUBLICATION_STATES).select_related(
+        "request"
+    )
+    return [matching.Effect.of(approved_request(p)) for p in rows if p.first_sent_at is not None]

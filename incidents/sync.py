@@ -1,16 +1,20 @@
 """Pull remote incidents back from IsDown and record drift.
 
-Invariants:
-- ``apply_remote`` is the one place that copies a RemoteIncident into an Incident and its IncidentUpdate rows
-  (oldest first, positions 0..n-1); publishing.py uses it for what a send returned.
+Invariants (each has a test in tests/publishing/test_sync.py):
 - Sync fetches over HTTP outside any transaction (a bounded pool of threads does only HTTP), then applies each
-  answer in its own transaction with the incident row locked.
-- A difference found by sync was not made by this app (publishing stores what IsDown answered at once), so it
-  is recorded as an ``incident.drifted`` audit event with the diff. An incident with a publication in flight
-  (``sending``/``reconciling``) is skipped this round, and an answer older than what we hold is ignored, so
-  our own in-flight change is never mistaken for drift.
+  answer in its own transaction with the incident row locked, through ``mirror.apply_remote``.
+- **Ours is never drift.** What IsDown shows of this app's own publications is attributed to them: an
+  undecided publication whose effect is there is adopted (``publishing.attribute``), and what an in-flight or
+  undecided publication may have put there is not reported. Whatever else differs was not made by this app and
+  is recorded as an ``incident.drifted`` audit event with the diff.
+- An incident whose publication is being sent right now is skipped this round, and an answer older than what
+  we hold (or than a publication recorded while we fetched) is ignored.
+- **Tolerant.** Values IsDown sends that this app does not know (a new severity or stage, a long title) are
+  stored and shown as sent. A failure on one incident (an answer that cannot be read, a database error) is
+  recorded for that incident and the round goes on.
 - A 404 marks the incident ``missing_on_remote``; finding it again clears the flag.
-- A RateLimited answer stops the round: the remaining incidents wait for the next beat (oldest-synced first).
+- A 429 stops the round and pauses sync until IsDown's ``Retry-After`` has passed (``SystemMark``
+  ``sync.paused_until``); the remaining incidents wait, least recently synced first.
 """
 
 from __future__ import annotations
@@ -19,80 +23,24 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import audit, isdown
-from .models import Incident, IncidentUpdate, Publication, PublicationState
+from . import audit, isdown, matching, mirror, publishing
+from .models import Incident, Publication, PublicationState, SystemMark
 
 logger = logging.getLogger(__name__)
 
-IN_FLIGHT = (PublicationState.SENDING, PublicationState.RECONCILING)
-# Descriptions in a drift diff are cut to this length; the full text is on the incident.
-DIFF_TEXT_LIMIT = 200
-SYNCED_FIELDS = ("title", "severity", "stage", "description", "resolved", "resolved_at")
+PAUSE_MARK = "sync.paused_until"
+# Without a Retry-After, a 429 pauses sync for this long.
+DEFAULT_PAUSE_SECONDS = 60.0
 
 
-def snapshot(incident: Incident) -> dict[str, Any]:
-    """What a drift diff compares: the public fields and the updates list."""
-    data: dict[str, Any] = {name: getattr(incident, name) for name in SYNCED_FIELDS}
-    data["resolved_at"] = incident.resolved_at.isoformat() if incident.resolved_at else None
-    if incident.pk is None:
-        data["updates"] = []
-    else:
-        data["updates"] = [
-            _update_label(row.stage, row.description, row.remote_created_at)
-            for row in IncidentUpdate.objects.filter(incident=incident).order_by("position")
-        ]
-    return data
-
-
-def _update_label(stage: str, description: str, created_at: datetime) -> str:
-    return f"{created_at.isoformat()} {stage}: {description[:DIFF_TEXT_LIMIT]}"
-
-
-def apply_remote(*, incident: Incident, remote: isdown.RemoteIncident, now: datetime) -> dict[str, list[Any]]:
-    """Bring ``incident`` (new or locked by the caller) in line with ``remote``; return ``{field: [old, new]}``."""
-    before = snapshot(incident)
-    incident.remote_id = remote.id
-    incident.title = remote.title
-    incident.severity = remote.severity or incident.severity
-    incident.stage = remote.stage
-    incident.description = remote.description
-    incident.resolved = remote.resolved
-    incident.resolved_at = remote.resolved_at
-    incident.remote_created_at = remote.created_at
-    incident.remote_updated_at = remote.updated_at
-    incident.remote_url = remote.url or ""
-    incident.last_synced_at = now
-    incident.missing_on_remote = False
-    incident.last_activity_at = max(filter(None, [incident.last_activity_at, remote.updated_at, remote.created_at]))
-    incident.save()
-    remote_updates = [_update_label(u.stage, u.description, u.created_at) for u in remote.updates]
-    if remote_updates != before["updates"]:
-        IncidentUpdate.objects.filter(incident=incident).delete()
-        IncidentUpdate.objects.bulk_create(
-            IncidentUpdate(
-                incident=incident,
-                position=position,
-                stage=update.stage,
-                description=update.description,
-                remote_created_at=update.created_at,
-            )
-            for position, update in enumerate(remote.updates)
-        )
-    after = {name: getattr(incident, name) for name in SYNCED_FIELDS}
-    after["resolved_at"] = incident.resolved_at.isoformat() if incident.resolved_at else None
-    after["updates"] = remote_updates
-    return audit.field_changes(before, after)
-
-
-# --- Sync ---------------------------------------------------------------------------------------------------
 @dataclass
 class SyncReport:
     synced: list[int] = field(default_factory=list)
@@ -100,13 +48,15 @@ class SyncReport:
     missing: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    adopted: list[int] = field(default_factory=list)  # publications attributed to what IsDown shows
     rate_limited: bool = False
+    paused_until: datetime | None = None
 
 
 @dataclass(frozen=True)
 class _Fetch:
     remote: isdown.RemoteIncident | None = None
-    error: isdown.IsDownError | None = None
+    error: BaseException | None = None
     skipped: bool = False
 
 
@@ -114,14 +64,36 @@ def make_client() -> isdown.IsDownClient:
     return isdown.IsDownClient(settings.ISDOWN_API_URL, settings.ISDOWN_EFFECTIVE_API_KEY, settings.ISDOWN_TIMEOUT)
 
 
+def paused_until(now: datetime | None = None) -> datetime | None:
+    """Until when sync waits for IsDown's Retry-After (None when it does not)."""
+    mark = SystemMark.objects.filter(name=PAUSE_MARK).first()
+    if mark is None or mark.at <= (now or timezone.now()):
+        return None
+    return mark.at
+
+
+def _pause(error: isdown.RateLimited, now: datetime) -> datetime:
+    seconds = error.retry_after if error.retry_after is not None else DEFAULT_PAUSE_SECONDS
+    until = now + timedelta(seconds=min(seconds, settings.CELERY_VISIBILITY_TIMEOUT))
+    SystemMark.objects.update_or_create(
+        name=PAUSE_MARK, defaults={"at": until, "detail": f"IsDown answered 429 ({error.detail[:200]})"}
+    )
+    return until
+
+
 def sync_open_incidents(*, task_id: str = "", concurrency: int | None = None) -> SyncReport:
     """Fetch every unresolved incident that has a remote id, least recently synced first, and apply each."""
+    report = SyncReport()
+    now = timezone.now()
+    report.paused_until = paused_until(now)
+    if report.paused_until is not None:
+        report.rate_limited = True
+        return report
     targets = list(
         Incident.objects.filter(resolved=False, remote_id__isnull=False)
         .order_by(F("last_synced_at").asc(nulls_first=True), "pk")
         .values_list("pk", "remote_id")
     )
-    report = SyncReport()
     if not targets:
         return report
     stop = threading.Event()
@@ -142,7 +114,7 @@ def sync_open_incidents(*, task_id: str = "", concurrency: int | None = None) ->
         except isdown.RateLimited as exc:
             stop.set()
             return _Fetch(error=exc)
-        except isdown.IsDownError as exc:
+        except Exception as exc:  # one incident's failure never stops the round
             return _Fetch(error=exc)
 
     started = timezone.now()
@@ -152,9 +124,8 @@ def sync_open_incidents(*, task_id: str = "", concurrency: int | None = None) ->
     finally:
         for client in clients:
             client.close()
-    report.rate_limited = stop.is_set()
     for (incident_id, _), result in zip(targets, fetched, strict=True):
-        _apply_fetch(incident_id=incident_id, fetch=result, fetched_after=started, report=report, task_id=task_id)
+        _apply_isolated(incident_id=incident_id, fetch=result, fetched_after=started, report=report, task_id=task_id)
     return report
 
 
@@ -169,21 +140,36 @@ def sync_incident(*, incident_id: int, task_id: str = "", client: isdown.IsDownC
     started = timezone.now()
     try:
         fetch = _Fetch(remote=client.get_incident(remote_id))
-    except isdown.IsDownError as exc:
+    except Exception as exc:
         fetch = _Fetch(error=exc)
     finally:
         if own_client:
             client.close()
-    report.rate_limited = isinstance(fetch.error, isdown.RateLimited)
-    _apply_fetch(incident_id=incident_id, fetch=fetch, fetched_after=started, report=report, task_id=task_id)
+    _apply_isolated(incident_id=incident_id, fetch=fetch, fetched_after=started, report=report, task_id=task_id)
     return report
+
+
+def _apply_isolated(
+    *, incident_id: int, fetch: _Fetch, fetched_after: datetime, report: SyncReport, task_id: str
+) -> None:
+    if isinstance(fetch.error, isdown.RateLimited):
+        report.rate_limited = True
+        report.paused_until = _pause(fetch.error, timezone.now())
+    try:
+        _apply_fetch(incident_id=incident_id, fetch=fetch, fetched_after=fetched_after, report=report, task_id=task_id)
+    except DatabaseError:
+        logger.exception("sync of incident %s could not be recorded", incident_id)
+        report.failed.append(incident_id)
+
+
+def _context(task_id: str) -> dict[str, Any]:
+    return {"task_id": task_id} if task_id else {}
 
 
 def _apply_fetch(*, incident_id: int, fetch: _Fetch, fetched_after: datetime, report: SyncReport, task_id: str) -> None:
     if fetch.skipped:
         report.skipped.append(incident_id)
         return
-    context = {"task_id": task_id} if task_id else {}
     now = timezone.now()
     with transaction.atomic():
         incident = (
@@ -194,30 +180,14 @@ def _apply_fetch(*, incident_id: int, fetch: _Fetch, fetched_after: datetime, re
         )
         if incident is None:
             return
-        in_flight = Publication.objects.filter(incident=incident, state__in=IN_FLIGHT).exists()
+        sending = Publication.objects.filter(incident=incident, state=PublicationState.SENDING).exists()
         # A publication that finished after our fetch started holds a newer copy than the one we fetched.
         newer_local = Publication.objects.filter(incident=incident, published_at__gte=fetched_after).exists()
-        if in_flight or newer_local:
+        if sending or newer_local:
             report.skipped.append(incident_id)
             return
         if fetch.error is not None:
-            if isinstance(fetch.error, isdown.Rejected) and fetch.error.status_code == 404:
-                if not incident.missing_on_remote:
-                    incident.missing_on_remote = True
-                    audit.record(
-                        "incident.missing_on_remote",
-                        summary=f"{incident}: IsDown answers 404 for incident #{incident.remote_id}",
-                        actor_label=audit.SYSTEM_SYNC,
-                        team=incident.service.team,
-                        target=incident,
-                        context=context,
-                    )
-                incident.last_synced_at = now
-                incident.save(update_fields=["missing_on_remote", "last_synced_at"])
-                report.missing.append(incident_id)
-            else:
-                logger.warning("sync of incident %s failed: %s", incident_id, fetch.error)
-                report.failed.append(incident_id)
+            _record_error(incident, fetch.error, now=now, report=report, task_id=task_id)
             return
         remote = fetch.remote
         assert remote is not None
@@ -230,7 +200,14 @@ def _apply_fetch(*, incident_id: int, fetch: _Fetch, fetched_after: datetime, re
             report.skipped.append(incident_id)
             return
         was_missing = incident.missing_on_remote
-        changes = apply_remote(incident=incident, remote=remote, now=now)
+        # What differs, less what our own undecided publications explain, is judged before they are adopted
+        # (adopting one copies IsDown's state over ours, explained or not).
+        changes = audit.field_changes(mirror.snapshot(incident), mirror.remote_snapshot(remote))
+        changes = _not_ours(changes, remote=remote, pending=publishing.pending_effects(remote.id))
+        adopted = publishing.attribute(incident=incident, remote=remote, task_id=task_id)
+        report.adopted += [publication.pk for publication in adopted]
+        incident.refresh_from_db()
+        mirror.apply_remote(incident=incident, remote=remote, now=now)
         report.synced.append(incident_id)
         if changes:
             incident.drifted_at = now
@@ -238,12 +215,12 @@ def _apply_fetch(*, incident_id: int, fetch: _Fetch, fetched_after: datetime, re
             report.drifted.append(incident_id)
             audit.record(
                 "incident.drifted",
-                summary=f"{incident}: changed on IsDown outside this app ({', '.join(sorted(changes))})",
+                summary=f"{incident}: changed on IsDown outside this app ({', '.join(sorted(changes))})"[:500],
                 actor_label=audit.SYSTEM_SYNC,
                 team=incident.service.team,
                 target=incident,
                 changes=changes,
-                context=context,
+                context=_context(task_id),
             )
         if was_missing:
             audit.record(
@@ -252,5 +229,52 @@ def _apply_fetch(*, incident_id: int, fetch: _Fetch, fetched_after: datetime, re
                 actor_label=audit.SYSTEM_SYNC,
                 team=incident.service.team,
                 target=incident,
-                context=context,
+                context=_context(task_id),
             )
+
+
+def _record_error(incident: Incident, error: BaseException, *, now: datetime, report: SyncReport, task_id: str) -> None:
+    if isinstance(error, isdown.Rejected) and error.status_code == 404:
+        if not incident.missing_on_remote:
+            incident.missing_on_remote = True
+            audit.record(
+                "incident.missing_on_remote",
+                summary=f"{incident}: IsDown answers 404 for incident #{incident.remote_id}",
+                actor_label=audit.SYSTEM_SYNC,
+                team=incident.service.team,
+                target=incident,
+                context=_context(task_id),
+            )
+        incident.last_synced_at = now
+        incident.save(update_fields=["missing_on_remote", "last_synced_at"])
+        report.missing.append(incident.pk)
+        return
+    logger.warning("sync of incident %s failed: %s", incident.pk, error)
+    report.failed.append(incident.pk)
+
+
+def _not_ours(
+    changes: dict[str, list[Any]], *, remote: isdown.RemoteIncident, pending: list[matching.Effect]
+) -> dict[str, list[Any]]:
+    """``changes`` without what publications still in flight or undecided may have put on IsDown: their update
+    entries, and the title, severity and stage those leave behind. Whatever remains was made outside the app."""
+    if not pending or not changes:
+        return changes
+    changes = dict(changes)
+    if "updates" in changes:
+        before, after = changes["updates"]
+        unexplained = [
+            label
+            for label, update in zip(after, remote.updates, strict=False)
+            if label not in before and not any(effect.entry_matches(update) for effect in pending)
+        ]
+        if not unexplained and len(after) >= len(before):
+            del changes["updates"]
+    latest = remote.updates[-1] if remote.updates else None
+    if latest is not None and any(effect.entry_matches(latest) for effect in pending):
+        for name in ("stage", "description", "resolved", "resolved_at"):
+            changes.pop(name, None)
+    for name, attribute in (("title", "title"), ("severity", "severity")):
+        if name in changes and any(getattr(effect, attribute) == changes[name][1] for effect in pending):
+            del changes[name]
+    return changes

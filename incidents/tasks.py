@@ -1,56 +1,89 @@
-"""Celery tasks: thin wrappers over publishing.py and sync.py. Arguments are ids only.
+"""Celery tasks: thin wrappers over publishing.py, sync.py and notifications.py. Arguments are ids only; work is
+enqueued only through enqueue.py.
 
-Every task is safe to run twice or late: publishing claims rows under ``skip_locked`` and re-checks state, so
-a duplicate message (sweeper plus broker redelivery) costs a query, never a second request.
+Every task is safe to run twice or late: publishing claims rows under ``skip_locked`` and re-checks state, so a
+duplicate message (sweeper plus broker redelivery) costs a query, never a second request. A task that meets a
+database error (the server refused a connection, a failover) is retried with backoff, never acknowledged and
+forgotten; past its retries the row is still due in Postgres and the sweeper enqueues it again.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
-from django.conf import settings
-from kombu.exceptions import KombuError, OperationalError
+from celery.signals import worker_process_shutdown
+from django.db import DatabaseError, InterfaceError
 
-from . import publishing, sync
+from . import enqueue, isdown, notifications, publishing, sync
 
 logger = logging.getLogger(__name__)
 
-# A broker that is down must not hold a web request for long: one quick retry, then the sweeper's turn.
-ENQUEUE_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+DATABASE_ERRORS = (DatabaseError, InterfaceError)
+RETRY_ON_DATABASE_ERROR: dict[str, Any] = {
+    "autoretry_for": DATABASE_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 12,
+}
+
+# One client per worker process: its connections stay alive between publications (closed at shutdown).
+_client: isdown.IsDownClient | None = None
 
 
-def enqueue_publication(publication_id: int, *, countdown: float | None = None) -> None:
-    """Send a ``publish`` message for this publication. A broker error is logged and swallowed: the row stays
-    due in Postgres and the sweeper enqueues it again. Call after commit only."""
-    try:
-        publish.apply_async(
-            args=[publication_id],
-            queue=settings.CELERY_PUBLISH_QUEUE,
-            countdown=countdown,
-            retry=True,
-            retry_policy=ENQUEUE_RETRY_POLICY,
-        )
-    except (OperationalError, KombuError, OSError) as exc:
-        logger.warning("could not enqueue publication %s (%s); the sweeper will pick it up", publication_id, exc)
-        return
-    publishing.note_enqueued(publication_id=publication_id)
+def worker_client() -> isdown.IsDownClient:
+    global _client
+    if _client is None:
+        _client = publishing.make_client()
+    return _client
 
 
-@shared_task(name="incidents.tasks.publish", bind=True, acks_late=True, ignore_result=True)
+@worker_process_shutdown.connect
+def _close_client(**_: Any) -> None:
+    global _client
+    if _client is not None:
+        _client.close()
+        _client = None
+
+
+@shared_task(name="incidents.tasks.publish", bind=True, acks_late=True, ignore_result=True, **RETRY_ON_DATABASE_ERROR)
 def publish(self, publication_id: int) -> str:
-    step = publishing.process(publication_id=publication_id, task_id=self.request.id or "")
+    step = publishing.process(publication_id=publication_id, task_id=self.request.id or "", client=worker_client())
     if step.run_again_in is not None:
-        enqueue_publication(publication_id, countdown=step.run_again_in)
+        enqueue.publication(publication_id, countdown=step.run_again_in)
     return step.state
 
 
-@shared_task(name="incidents.tasks.sweep", bind=True, acks_late=True, ignore_result=True)
+@shared_task(name="incidents.tasks.sweep", bind=True, acks_late=True, ignore_result=True, **RETRY_ON_DATABASE_ERROR)
 def sweep(self) -> int:
-    ids = publishing.sweep(task_id=self.request.id or "")
-    for publication_id in ids:
-        enqueue_publication(publication_id)
-    return len(ids)
+    due = publishing.sweep(task_id=self.request.id or "")
+    for publication_id, countdown in due:
+        enqueue.publication(publication_id, countdown=countdown or None)
+    return len(due)
+
+
+@shared_task(
+    name="incidents.tasks.deliver_notification",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_ON_DATABASE_ERROR,
+)
+def deliver_notification(self, notification_id: int) -> str:
+    return notifications.deliver(notification_id)
+
+
+@shared_task(
+    name="incidents.tasks.deliver_notifications",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_ON_DATABASE_ERROR,
+)
+def deliver_notifications(self) -> dict[str, int]:
+    return notifications.deliver_due()
 
 
 @shared_task(name="incidents.tasks.sync_open_incidents", bind=True, acks_late=True, ignore_result=True)

@@ -25,4 +25,11 @@ urlpatterns = [
         publications.publication_mark_published,
         name="publication_mark_published",
     ),
+    path("publications/<int:pk>/abandon/", publications.publication_abandon, name="publication_abandon"),
+    path(
+        "publications/<int:pk>/delete-duplicates/",
+        publications.publication_delete_duplicates,
+        name="publication_delete_duplicates",
+    ),
+    path("publications/<int:pk>/acknowledge/", publications.publication_acknowledge, name="publication_acknowledge"),
 ]

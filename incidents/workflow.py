@@ -1,19 +1,21 @@
 """The draft-review workflow: the only code that changes a Draft's state.
 
-Each action is one transaction: lock the draft row, check its state, change it, write the audit event,
-schedule side effects (email, publishing) with ``on_commit``. A refused action raises a named error and
-changes nothing.
+Each action is one transaction: lock the draft row, check its state, change it, write the audit event and
+the emails (the notification outbox), and enqueue publishing after commit. A refused action raises a named
+error and changes nothing.
 
-    draft ──submit──▶ in_review ──approve──▶ approved ──▶ publishing ──▶ published | failed
-      ▲                 │   ├──request changes──▶ changes_requested ──edit, submit──▶ in_review
+    draft ──submit──▶ in_review ──approve──▶ approved ──▶ publishing ──▶ published | failed | needs_attention
+      ▲                 │   ├──request changes──▶ changes_requested ──edit, submit──▶ in_review   | abandoned
       └───withdraw──────┘   └──reject──▶ rejected
     draft / changes_requested ──discard──▶ discarded
+
+Submit freezes the draft into a Revision holding one exact request per target (``draft_requests``) and one
+SHA-256 over them; approve binds the review to the hash the reviewer saw and writes one Publication per
+request. After approval the draft follows its publications (``follow_publications``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,22 +23,24 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import access, audit, notifications
+from . import access, audit, enqueue, isdown, notifications
 from .models import (
     EDITABLE_DRAFT_STATES,
+    PUBLISHING_DRAFT_STATES,
     Draft,
     DraftKind,
     DraftState,
     Incident,
     Publication,
+    PublicationState,
     Review,
     ReviewDecision,
     Revision,
+    RevisionRequest,
     Service,
 )
 
 DRAFT_FIELDS = ("title", "severity", "description", "stage")
-INCIDENTS_PATH = "/api/v2/incidents"
 
 
 class WorkflowError(Exception):
@@ -64,45 +68,35 @@ class EditConflict(WorkflowError):
         super().__init__(f"{editor} saved this draft after you opened it (now version {current.version}).")
 
 
-# --- The request that will be sent ----------------------------------------------------------------------
-def build_request(
-    *, kind: str, service: Service, incident: Incident | None, fields: dict[str, Any]
-) -> tuple[str, str, dict[str, Any]]:
-    """The exact IsDown call a draft stands for: (method, path, JSON body).
+# --- The requests that will be sent --------------------------------------------------------------------
+def build_request(*, kind: str, service: Service, incident: Incident | None, fields: dict[str, Any]) -> isdown.Request:
+    """The exact IsDown call a draft stands for, to one service.
 
-    An update sends title/severity only when they change, and description with its stage together
-    (IsDown's rule), so the approver sees precisely what subscribers will get.
-    """
+    An update sends title/severity only when they change, and description with its stage together (IsDown's
+    rule), so the approver sees precisely what subscribers will get."""
     if kind == DraftKind.OPEN:
-        body = {
-            "service_id": service.isdown_service_id,
-            "title": fields["title"],
-            "status": fields["severity"],
-            "description": fields.get("description", ""),
-            "resolution_stage": fields["stage"],
-        }
-        return "POST", INCIDENTS_PATH, body
+        return isdown.create_request(
+            service_id=service.isdown_service_id,
+            title=fields["title"],
+            severity=fields["severity"],
+            description=fields.get("description", ""),
+            stage=fields["stage"],
+        )
     assert incident is not None and incident.remote_id, "an update needs a published incident"
-    body = {}
-    if fields.get("title") and fields["title"] != incident.title:
-        body["title"] = fields["title"]
-    if fields.get("severity") and fields["severity"] != incident.severity:
-        body["status"] = fields["severity"]
-    if fields.get("description") or fields.get("stage"):
-        body["description"] = fields.get("description", "")
-        body["resolution_stage"] = fields.get("stage", "")
-    return "PATCH", f"{INCIDENTS_PATH}/{incident.remote_id}", body
-
-
-def request_sha256(method: str, path: str, body: dict[str, Any]) -> str:
-    canonical = json.dumps(
-        {"method": method, "path": path, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    posts = bool(fields.get("description") or fields.get("stage"))
+    return isdown.update_request(
+        incident.remote_id,
+        title=fields["title"] if fields.get("title") and fields["title"] != incident.title else None,
+        severity=fields["severity"] if fields.get("severity") and fields["severity"] != incident.severity else None,
+        description=fields.get("description", "") if posts else None,
+        stage=fields.get("stage", "") if posts else None,
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def draft_request(draft: Draft) -> tuple[str, str, dict[str, Any]]:
-    return build_request(kind=draft.kind, service=draft.service, incident=draft.incident, fields=draft_fields(draft))
+def draft_requests(draft: Draft) -> list[tuple[Service, isdown.Request]]:
+    """Every request the draft stands for, one per target service, in a stable order."""
+    request = build_request(kind=draft.kind, service=draft.service, incident=draft.incident, fields=draft_fields(draft))
+    return [(draft.service, request)]
 
 
 def draft_fields(draft: Draft) -> dict[str, str]:
@@ -194,21 +188,33 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             raise EditConflict(draft)
         if draft.kind == DraftKind.UPDATE and not draft.incident.remote_id:
             raise InvalidTransition("This incident is not on IsDown yet.")
-        method, path, body = draft_request(draft)
-        if draft.kind == DraftKind.UPDATE and not body:
+        requests = draft_requests(draft)
+        if draft.kind == DraftKind.UPDATE and not any(request.json() for _, request in requests):
             raise InvalidTransition("Nothing to send: change the title or severity, or write an update.")
         previous = latest_revision(draft)
         revision = Revision.objects.create(
             draft=draft,
             number=(previous.number + 1) if previous else 1,
             fields=draft_fields(draft),
-            method=method,
-            path=path,
-            body=body,
-            sha256=request_sha256(method, path, body),
+            sha256=isdown.requests_sha256(
+                [(position, request.sha256) for position, (_, request) in enumerate(requests)]
+            ),
             author=draft.author,
             last_editor=draft.last_editor,
             submitted_by=user,
+        )
+        RevisionRequest.objects.bulk_create(
+            RevisionRequest(
+                revision=revision,
+                position=position,
+                service=service,
+                target_remote_id=draft.incident.remote_id if draft.kind == DraftKind.UPDATE else "",
+                method=request.method,
+                path=request.path,
+                body=request.body,
+                sha256=request.sha256,
+            )
+            for position, (service, request) in enumerate(requests)
         )
         old_state = draft.state
         draft.state = DraftState.IN_REVIEW
@@ -220,7 +226,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             f"{user.get_username()} submitted revision {revision.number} of draft #{draft.pk} ({revision.sha256[:12]})",
             {**_state_change(old_state, draft.state), "revision": [None, revision.number]},
         )
-        transaction.on_commit(lambda: notifications.revision_submitted(revision.pk))
+        notifications.revision_submitted(revision)
     return revision
 
 
@@ -263,10 +269,16 @@ def discard(*, draft_id: int, user) -> Draft:
 @dataclass(frozen=True)
 class Decision:
     review: Review
-    publication: Publication | None
+    publications: list[Publication]
+
+    @property
+    def publication(self) -> Publication | None:
+        return self.publications[0] if self.publications else None
 
 
-def _review(*, draft_id: int, revision_id: int, reviewer, decision: str, comment: str) -> Decision:
+def _review(
+    *, draft_id: int, revision_id: int, reviewer, decision: str, comment: str, sha256: str | None = None
+) -> Decision:
     verbs = {
         ReviewDecision.APPROVE: ("approve", DraftState.APPROVED, "review.approved", "approved"),
         ReviewDecision.REQUEST_CHANGES: (
@@ -286,10 +298,16 @@ def _review(*, draft_id: int, revision_id: int, reviewer, decision: str, comment
         revision = latest_revision(draft)
         if revision is None or revision.pk != revision_id:
             raise StaleRevision("This revision is no longer the one in review; reload to see the current one.")
+        if decision == ReviewDecision.APPROVE and sha256 != revision.sha256:
+            raise StaleRevision("The request you reviewed is not the one in review (its SHA-256 differs); reload.")
         if reviewer.pk in (revision.author_id, revision.last_editor_id):
             raise NotAllowed(f"You cannot {verb} a revision you wrote or last edited: someone else must review it.")
         if decision != ReviewDecision.APPROVE and not comment:
             raise NotAllowed("Say what needs to change: a comment is required.")
+        if decision == ReviewDecision.APPROVE and draft.incident_id is not None:
+            # Approvals of one incident take its row in turn, so their publications' ids (the order they are
+            # sent in) follow the order the approvals commit.
+            Incident.objects.select_for_update().filter(pk=draft.incident_id).first()
         review = Review.objects.create(
             revision=revision,
             reviewer=reviewer,
@@ -297,18 +315,30 @@ def _review(*, draft_id: int, revision_id: int, reviewer, decision: str, comment
             revision_last_editor_id=revision.last_editor_id,
             decision=decision,
             comment=comment,
+            sha256=revision.sha256 if decision == ReviewDecision.APPROVE else "",
         )
         old_state = draft.state
         draft.state = new_state
         draft.save(update_fields=["state", "updated_at"])
-        publication = None
+        publications = []
         if decision == ReviewDecision.APPROVE:
-            publication = Publication.objects.create(
-                revision=revision, draft=draft, team=draft.team, incident=draft.incident
-            )
+            for request in revision.requests.order_by("position"):
+                publications.append(
+                    Publication.objects.create(
+                        revision=revision,
+                        request=request,
+                        draft=draft,
+                        team=draft.team,
+                        service=request.service,
+                        incident=draft.incident,
+                        target_remote_id=request.target_remote_id,
+                    )
+                )
         changes: dict[str, Any] = {**_state_change(old_state, new_state), "revision": [None, revision.number]}
         if comment:
             changes["comment"] = [None, comment]
+        if review.sha256:
+            changes["sha256"] = [None, review.sha256]
         _audit(
             action,
             draft,
@@ -316,23 +346,22 @@ def _review(*, draft_id: int, revision_id: int, reviewer, decision: str, comment
             f"{reviewer.get_username()} {past} revision {revision.number} of draft #{draft.pk}",
             changes,
         )
-        transaction.on_commit(lambda: notifications.revision_reviewed(review.pk))
-        if publication is not None:
-            publication_id = publication.pk
-
-            def enqueue() -> None:
-                from .tasks import enqueue_publication
-
-                enqueue_publication(publication_id)
-
-            transaction.on_commit(enqueue)
-    return Decision(review=review, publication=publication)
+        notifications.revision_reviewed(review)
+        for publication in publications:
+            enqueue.publication_on_commit(publication.pk)
+    return Decision(review=review, publications=publications)
 
 
-def approve(*, draft_id: int, revision_id: int, reviewer, comment: str = "") -> Decision:
-    """Approve exactly this revision; the outbox row is written in the same transaction."""
+def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: str = "") -> Decision:
+    """Approve exactly this revision, whose SHA-256 the reviewer saw; the review records that hash, and the
+    outbox rows (one per target) are written in the same transaction."""
     return _review(
-        draft_id=draft_id, revision_id=revision_id, reviewer=reviewer, decision=ReviewDecision.APPROVE, comment=comment
+        draft_id=draft_id,
+        revision_id=revision_id,
+        reviewer=reviewer,
+        decision=ReviewDecision.APPROVE,
+        comment=comment,
+        sha256=sha256,
     )
 
 
@@ -353,18 +382,30 @@ def reject(*, draft_id: int, revision_id: int, reviewer, comment: str) -> Decisi
 
 
 # --- Following the outbox --------------------------------------------------------------------------------
-# Once approved, a draft mirrors its publication. publishing.py reports each move here, inside its own
-# transaction (its audit event records the move); these are the only moves it may make.
-PUBLICATION_MOVES = {
-    DraftState.PUBLISHING: (DraftState.APPROVED, DraftState.FAILED),
-    DraftState.PUBLISHED: (DraftState.APPROVED, DraftState.PUBLISHING, DraftState.FAILED),
-    DraftState.FAILED: (DraftState.APPROVED, DraftState.PUBLISHING),
-}
+P = PublicationState
 
 
-def follow_publication(*, draft_id: int, state: str) -> bool:
-    """Move an approved draft to ``publishing``, ``published`` or ``failed``; False when it was not in a
-    state that allows it (already there, or the publication's news is stale)."""
-    allowed = PUBLICATION_MOVES[DraftState(state)]
-    moved = Draft.objects.filter(pk=draft_id, state__in=allowed).update(state=state, updated_at=timezone.now())
-    return bool(moved)
+def publishing_state(states: set[str]) -> str:
+    """The state an approved draft shows for its publications' states: the one most in need of a human."""
+    if P.FAILED in states:
+        return DraftState.FAILED
+    if states & {P.NEEDS_ATTENTION, P.DUPLICATE_DETECTED}:
+        return DraftState.NEEDS_ATTENTION
+    if states & {P.QUEUED, P.SENDING, P.RETRY_WAIT, P.RECONCILING}:
+        return DraftState.PUBLISHING
+    if P.PUBLISHED in states:
+        return DraftState.PUBLISHED
+    return DraftState.ABANDONED
+
+
+def follow_publications(*, draft_id: int) -> str | None:
+    """Once approved, a draft mirrors its publications. publishing.py calls this inside each move's transaction
+    (the move's audit event records it). Returns the draft's new state, or None when it did not change."""
+    draft = Draft.objects.select_for_update().filter(pk=draft_id, state__in=PUBLISHING_DRAFT_STATES).first()
+    if draft is None:
+        return None
+    state = publishing_state(set(draft.publications.values_list("state", flat=True)))
+    if state == draft.state:
+        return None
+    Draft.objects.filter(pk=draft_id).update(state=state, updated_at=timezone.now())
+    return state

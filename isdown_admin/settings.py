@@ -14,6 +14,8 @@ import dj_database_url
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from .limits import time_limit_problem, windows_problem
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -57,6 +59,20 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     if value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}; got {raw!r}")
     return value
+
+
+def env_seconds_list(name: str, default: list[float]) -> list[float]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        values = [float(item) for item in raw.split(",") if item.strip()]
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be comma-separated seconds, e.g. 5,30,120,300; got {raw!r}") from None
+    problem = windows_problem(name, values)
+    if problem:
+        raise ImproperlyConfigured(problem)
+    return values
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -280,6 +296,7 @@ _isdown_default = f"{SITE_URL}/sandbox" if not ISDOWN_API_KEY else "https://isdo
 ISDOWN_API_URL = env_url("ISDOWN_API_URL", _isdown_default, {"http", "https"}).rstrip("/")
 if not DEBUG and ISDOWN_API_KEY and not ISDOWN_API_URL.startswith("https://"):
     raise ImproperlyConfigured("ISDOWN_API_URL must use https:// when DEBUG is off and ISDOWN_API_KEY is set")
+# The whole of one IsDown call, DNS included: a call that has not started when it runs out is never started.
 ISDOWN_TIMEOUT = env_float("ISDOWN_TIMEOUT", 10.0, minimum=0.1)
 # The key the client sends: the real one, or the sandbox's when we are talking to the sandbox.
 ISDOWN_EFFECTIVE_API_KEY = ISDOWN_API_KEY or SANDBOX_API_KEY
@@ -288,21 +305,31 @@ ISDOWN_EFFECTIVE_API_KEY = ISDOWN_API_KEY or SANDBOX_API_KEY
 PUBLISH_MAX_ATTEMPTS = env_int("PUBLISH_MAX_ATTEMPTS", 8, minimum=1)
 PUBLISH_BACKOFF_BASE = env_float("PUBLISH_BACKOFF_BASE", 2.0, minimum=0.0)
 PUBLISH_BACKOFF_CAP = env_float("PUBLISH_BACKOFF_CAP", 300.0, minimum=0.0)
-PUBLISH_LEASE_SECONDS = env_int("PUBLISH_LEASE_SECONDS", 60, minimum=5)
-# After an unknown outcome, wait this long before checking IsDown: a request still in flight behind a proxy
-# must have landed before its absence can be believed.
-PUBLISH_RECONCILE_DELAY = env_float("PUBLISH_RECONCILE_DELAY", 5.0, minimum=0.0)
-SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 15.0, minimum=1.0)
-SYNC_INTERVAL = env_float("SYNC_INTERVAL", 60.0, minimum=5.0)
+PUBLISH_LEASE_SECONDS = env_float("PUBLISH_LEASE_SECONDS", 60.0, minimum=1.0)
+# After an unknown outcome, IsDown is looked at at each of these offsets (seconds) before anything is sent
+# again: a request still in flight behind a proxy must have had the time to land before its absence is believed.
+PUBLISH_RECONCILE_WINDOWS = env_seconds_list("PUBLISH_RECONCILE_WINDOWS", [5.0, 30.0, 120.0, 300.0])
+# After a resend, IsDown is looked at at these offsets from publishing, for a late twin.
+PUBLISH_WATCH_WINDOWS = env_seconds_list("PUBLISH_WATCH_WINDOWS", PUBLISH_RECONCILE_WINDOWS)
+# Checks that keep failing for this long (IsDown down, not a blip) go to a human.
+PUBLISH_CHECK_PATIENCE = env_float("PUBLISH_CHECK_PATIENCE", 1800.0, minimum=0.0)
+SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 15.0, minimum=0.1)
+SYNC_INTERVAL = env_float("SYNC_INTERVAL", 60.0, minimum=1.0)
 SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 4, minimum=1)
 # Redis redelivers an unacknowledged message after this many seconds; every delay stays below it.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
 if PUBLISH_BACKOFF_CAP >= CELERY_VISIBILITY_TIMEOUT:
     raise ImproperlyConfigured("PUBLISH_BACKOFF_CAP must be below CELERY_VISIBILITY_TIMEOUT")
-# A lease must outlive the longest call (httpx applies ISDOWN_TIMEOUT per phase: connect, write, read, pool),
-# or the sweeper could reconcile, and send again, while the first request is still on its way.
-if PUBLISH_LEASE_SECONDS <= 4 * ISDOWN_TIMEOUT:
-    raise ImproperlyConfigured("PUBLISH_LEASE_SECONDS must exceed 4 x ISDOWN_TIMEOUT")
+
+# --- Notifications and heartbeats ---------------------------------------------------------------------------
+NOTIFY_MAX_ATTEMPTS = env_int("NOTIFY_MAX_ATTEMPTS", 10, minimum=1)
+NOTIFY_BACKOFF_BASE = env_float("NOTIFY_BACKOFF_BASE", 30.0, minimum=0.0)
+NOTIFY_BACKOFF_CAP = env_float("NOTIFY_BACKOFF_CAP", 1800.0, minimum=0.0)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
+HEARTBEAT_INTERVAL = env_float("HEARTBEAT_INTERVAL", 15.0, minimum=0.1)
+HEARTBEAT_SILENT_AFTER = env_float("HEARTBEAT_SILENT_AFTER", 120.0, minimum=1.0)
+if HEARTBEAT_SILENT_AFTER <= HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured("HEARTBEAT_SILENT_AFTER must exceed HEARTBEAT_INTERVAL")
 
 # --- Celery -----------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
@@ -315,14 +342,24 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", int(ISDOWN_TIMEOUT * 4) + 30, minimum=5)
-CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 30
-CELERY_TASK_DEFAULT_QUEUE = "default"
+# A task is stopped (soft, then hard) before a publication's lease runs out, and has time for one whole call.
+CELERY_TASK_SOFT_TIME_LIMIT = env_float("CELERY_TASK_SOFT_TIME_LIMIT", round(PUBLISH_LEASE_SECONDS * 2 / 3, 1))
+CELERY_TASK_TIME_LIMIT = env_float(
+    "CELERY_TASK_TIME_LIMIT", round((CELERY_TASK_SOFT_TIME_LIMIT + PUBLISH_LEASE_SECONDS) / 2, 1)
+)
+_limits = time_limit_problem(
+    soft=CELERY_TASK_SOFT_TIME_LIMIT, hard=CELERY_TASK_TIME_LIMIT, lease=PUBLISH_LEASE_SECONDS, call=ISDOWN_TIMEOUT
+)
+if _limits:
+    raise ImproperlyConfigured(f"Unsafe timing settings: {_limits}")
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_DEFAULT_QUEUE", "default")
 CELERY_PUBLISH_QUEUE = env_str("CELERY_PUBLISH_QUEUE", "publish")
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ROUTES = {"incidents.tasks.publish": {"queue": CELERY_PUBLISH_QUEUE}}
+CELERY_BEAT_SCHEDULER = "incidents.heartbeat:Scheduler"
 CELERY_BEAT_SCHEDULE = {
     "sweep-publications": {"task": "incidents.tasks.sweep", "schedule": SWEEP_INTERVAL},
+    "deliver-notifications": {"task": "incidents.tasks.deliver_notifications", "schedule": max(SWEEP_INTERVAL, 5.0)},
     "sync-open-incidents": {"task": "incidents.tasks.sync_open_incidents", "schedule": SYNC_INTERVAL},
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from incidents import enqueue
 from incidents.models import Role
 
 from .factories import PASSWORD, MembershipFactory, ServiceFactory, TeamFactory, UserFactory
@@ -90,3 +91,19 @@ def client_for(user) -> Client:
 def as_user():
     """``as_user(user)`` gives a test client signed in as that user."""
     return client_for
+
+
+@pytest.fixture(autouse=True)
+def enqueued(request, monkeypatch) -> list[tuple[str, int]]:
+    """Messages the code under test sends to the broker, as ``(task name, id)``. Tests that run real workers
+    (marked ``worker``) talk to the real Redis; every other test keeps the broker out of it and can look at
+    what would have been sent."""
+    calls: list[tuple[str, int]] = []
+    if request.node.get_closest_marker("worker") is None:
+
+        def record(task: str, object_id: int, **options) -> bool:
+            calls.append((task.rsplit(".", 1)[-1], object_id))
+            return True
+
+        monkeypatch.setattr(enqueue, "_send", record)
+    return calls

@@ -6,8 +6,8 @@ import pytest
 from django.core import mail
 from django.db import transaction
 
-from incidents import workflow
-from incidents.models import AuditEvent, Draft, DraftKind, DraftState, Publication
+from incidents import notifications, workflow
+from incidents.models import AuditEvent, Draft, DraftKind, DraftState, Notification, Publication, Review
 
 from .factories import IncidentFactory
 
@@ -15,11 +15,6 @@ pytestmark = pytest.mark.django_db
 
 HX = {"HTTP_HX_REQUEST": "true"}
 FIELDS = {"title": "API errors", "severity": "major", "description": "Elevated 5xx.", "stage": "investigating"}
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("incidents.tasks.enqueue_publication", lambda publication_id: None, raising=False)
 
 
 def new_draft_post(service, **overrides):
@@ -36,6 +31,11 @@ def in_review(draft, responder):
     workflow.submit(draft_id=draft.pk, user=responder)
     draft.refresh_from_db()
     return draft
+
+
+def approve_post(revision, **overrides) -> dict:
+    """What the review form posts for an approval: the revision and the hash the reviewer was shown."""
+    return {"decision": "approve", "revision": revision.pk, "sha256": revision.sha256, **overrides}
 
 
 # --- The new-incident form ------------------------------------------------------------------------------
@@ -186,7 +186,8 @@ def test_post_against_another_teams_draft_is_404(draft, outsider, as_user):
     assert client.get(f"/drafts/{draft.pk}/").status_code == 404
     assert client.post(f"/drafts/{draft.pk}/", {**FIELDS, "version": 1, "action": "save"}).status_code == 404
     assert client.post(f"/drafts/{draft.pk}/", {"action": "discard"}).status_code == 404
-    assert client.post(f"/drafts/{draft.pk}/review/", {"decision": "approve", "revision": 1}).status_code == 404
+    approval = {"decision": "approve", "revision": 1, "sha256": "0" * 64}
+    assert client.post(f"/drafts/{draft.pk}/review/", approval).status_code == 404
     draft.refresh_from_db()
     assert draft.state == DraftState.DRAFT
 
@@ -229,10 +230,36 @@ def test_review_page_shows_the_request_and_hash(in_review, approver, as_user):
     revision = in_review.revisions.get()
     response = as_user(approver).get(f"/drafts/{in_review.pk}/review/")
     body = response.content.decode()
-    assert "POST /api/v2/incidents" in body
-    assert revision.sha256 in body
+    assert '<pre class="revision-request" id="revision-request-0">POST /api/v2/incidents\n' in body
+    assert "&quot;service_id&quot;: 1001" in body
+    assert f'<span class="mono" id="revision-hash">{revision.sha256}</span>' in body
     for label in ("Approve", "Request changes", "Reject"):
         assert f">{label}</button>" in body
+
+
+def test_review_form_carries_the_revision_and_the_hash_the_reviewer_sees(in_review, approver, as_user):
+    revision = in_review.revisions.get()
+    body = as_user(approver).get(f"/drafts/{in_review.pk}/review/").content.decode()
+    assert f'<input type="hidden" name="revision" value="{revision.pk}">' in body
+    assert f'<input type="hidden" name="sha256" value="{revision.sha256}">' in body
+
+
+@pytest.mark.parametrize("sha256", ["", "0" * 64])
+def test_approving_a_hash_other_than_the_revisions_is_refused_with_a_message(
+    in_review, approver, as_user, sha256, enqueued
+):
+    revision = in_review.revisions.get()
+    response = as_user(approver).post(
+        f"/drafts/{in_review.pk}/review/", approve_post(revision, sha256=sha256), follow=True
+    )
+    assert response.status_code == 200
+    assert b"its SHA-256 differs" in response.content
+    in_review.refresh_from_db()
+    assert in_review.state == DraftState.IN_REVIEW
+    assert not Review.objects.exists()
+    assert not Publication.objects.exists()
+    assert not AuditEvent.objects.filter(action="review.approved").exists()
+    assert enqueued == []
 
 
 def test_author_who_is_approver_sees_why_and_the_server_refuses(api_service, approver, as_user):
@@ -242,26 +269,36 @@ def test_author_who_is_approver_sees_why_and_the_server_refuses(api_service, app
     response = client.get(f"/drafts/{draft.pk}/review/")
     assert b"you cannot review it" in response.content
     assert b">Approve</button>" not in response.content
-    response = client.post(f"/drafts/{draft.pk}/review/", {"decision": "approve", "revision": revision.pk}, follow=True)
+    response = client.post(f"/drafts/{draft.pk}/review/", approve_post(revision), follow=True)
     assert b"You cannot approve a revision you wrote" in response.content
     draft.refresh_from_db()
     assert draft.state == DraftState.IN_REVIEW
 
 
 @pytest.mark.parametrize("headers", [{}, HX])
-def test_approve_via_the_page_queues_a_publication(
-    in_review, approver, as_user, headers, django_capture_on_commit_callbacks
+def test_approve_via_the_page_queues_a_publication_and_tells_the_author(
+    in_review, approver, as_user, headers, enqueued, django_capture_on_commit_callbacks
 ):
     revision = in_review.revisions.get()
+    client = as_user(approver)
+    # Approve with exactly what the page's form carries.
+    page = client.get(f"/drafts/{in_review.pk}/review/").content.decode()
+    assert f'name="sha256" value="{revision.sha256}"' in page
     with django_capture_on_commit_callbacks(execute=True):
-        response = as_user(approver).post(
-            f"/drafts/{in_review.pk}/review/", {"decision": "approve", "revision": revision.pk}, **headers
-        )
+        response = client.post(f"/drafts/{in_review.pk}/review/", approve_post(revision), **headers)
     assert response.status_code in (200, 302)
     in_review.refresh_from_db()
     assert in_review.state == DraftState.APPROVED
-    assert Publication.objects.get().revision == revision
-    assert [m.to for m in mail.outbox] == [["responder@example.com"]]
+    publication = Publication.objects.get()
+    assert publication.revision == revision
+    assert Review.objects.get().sha256 == revision.sha256
+    told = Notification.objects.get(kind="reviewed")
+    assert told.recipients == ["responder@example.com"]
+    assert sorted(enqueued) == [("deliver_notification", told.pk), ("publish", publication.pk)]
+    notifications.deliver_due()
+    [message] = [m for m in mail.outbox if "Approved" in m.subject]
+    assert message.to == ["responder@example.com"]
+    assert f"/drafts/{in_review.pk}/" in message.body
 
 
 def test_request_changes_without_comment_is_a_clear_error(in_review, approver, as_user):
@@ -277,10 +314,8 @@ def test_request_changes_without_comment_is_a_clear_error(in_review, approver, a
 
 def test_approving_twice_gets_a_message_not_a_500(in_review, approver, approver2, as_user):
     revision = in_review.revisions.get()
-    as_user(approver).post(f"/drafts/{in_review.pk}/review/", {"decision": "approve", "revision": revision.pk})
-    response = as_user(approver2).post(
-        f"/drafts/{in_review.pk}/review/", {"decision": "approve", "revision": revision.pk}, follow=True
-    )
+    as_user(approver).post(f"/drafts/{in_review.pk}/review/", approve_post(revision))
+    response = as_user(approver2).post(f"/drafts/{in_review.pk}/review/", approve_post(revision), follow=True)
     assert response.status_code == 200
     assert b"Cannot approve: the draft is approved now." in response.content
     assert Publication.objects.count() == 1
@@ -289,11 +324,10 @@ def test_approving_twice_gets_a_message_not_a_500(in_review, approver, approver2
 def test_responder_cannot_review(in_review, responder, approver2, as_user):
     # approver2 wrote nothing; responder lacks the role entirely.
     revision = in_review.revisions.get()
-    response = as_user(responder).post(
-        f"/drafts/{in_review.pk}/review/", {"decision": "approve", "revision": revision.pk}
-    )
+    response = as_user(responder).post(f"/drafts/{in_review.pk}/review/", approve_post(revision))
     assert response.status_code == 403
     assert b"approver role" in response.content
+    assert not Review.objects.exists()
 
 
 def test_resubmission_shows_a_diff_against_the_previous_revision(in_review, responder, approver, as_user):
@@ -415,7 +449,7 @@ def test_every_action_is_audited(in_review, responder, approver, as_user):
 
 def test_draft_page_shows_its_history_to_approvers_and_its_publication(in_review, approver, approver2, as_user):
     revision = in_review.revisions.get()
-    workflow.approve(draft_id=in_review.pk, revision_id=revision.pk, reviewer=approver)
+    workflow.approve(draft_id=in_review.pk, revision_id=revision.pk, reviewer=approver, sha256=revision.sha256)
     body = as_user(approver2).get(f"/drafts/{in_review.pk}/").content.decode()
     assert 'id="history"' in body
     assert "draft.submitted" in body and "review.approved" in body
@@ -425,11 +459,26 @@ def test_draft_page_shows_its_history_to_approvers_and_its_publication(in_review
 
 
 def test_submit_emails_the_teams_other_approvers_with_a_link(
-    as_user, responder, approver, approver2, auditor, outsider, api_service, django_capture_on_commit_callbacks
+    as_user,
+    responder,
+    approver,
+    approver2,
+    auditor,
+    outsider,
+    api_service,
+    enqueued,
+    settings,
+    django_capture_on_commit_callbacks,
 ):
     with django_capture_on_commit_callbacks(execute=True):
         as_user(responder).post("/drafts/new/", new_draft_post(api_service, action="submit"))
     draft = Draft.objects.get()
+    notification = Notification.objects.get()
+    assert notification.kind == "review_needed"
+    assert enqueued == [("deliver_notification", notification.pk)]
+    assert mail.outbox == []  # the worker sends it, not the request
+    assert notifications.deliver_due() == {"sent": 1}
     assert sorted(m.to[0] for m in mail.outbox) == ["approver2@example.com", "approver@example.com"]
-    assert f"/drafts/{draft.pk}/review/" in mail.outbox[0].body
-    assert "Review needed" in mail.outbox[0].subject
+    for message in mail.outbox:
+        assert "Review needed" in message.subject
+        assert f"{settings.SITE_URL}/drafts/{draft.pk}/review/" in message.body

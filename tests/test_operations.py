@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.utils import timezone
 
-from incidents.models import AuditEvent, Membership, Service, Team
+from incidents import heartbeat
+from incidents.models import AuditEvent, Membership, Service, SystemMark, Team
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_ENV = {
@@ -108,10 +111,34 @@ def test_seed_demo_refuses_with_debug_off_unless_forced():
 
 
 @pytest.mark.django_db
-def test_healthz_reports_db_and_redis_ok(client):
+def test_healthz_reports_db_and_redis_ok_and_a_worker_and_beat_never_seen(client):
+    response = client.get("/healthz")
+    # Nobody publishing is for a monitor to alert on; the web itself can still serve.
+    assert response.status_code == 200
+    assert response.json() == {"db": "ok", "redis": "ok", "worker": "never seen", "beat": "never seen"}
+    assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.mark.django_db
+def test_healthz_says_ok_for_a_worker_and_beat_that_marked_lately(client):
+    heartbeat.mark(f"{heartbeat.WORKER_PREFIX}celery@host-1")
+    heartbeat.mark(heartbeat.BEAT)
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"db": "ok", "redis": "ok"}
+    assert response.json() == {"db": "ok", "redis": "ok", "worker": "ok", "beat": "ok"}
+
+
+@pytest.mark.django_db
+def test_healthz_says_how_long_a_silent_worker_has_been_silent_and_still_answers_200(client, settings):
+    long_ago = timezone.now() - timedelta(seconds=settings.HEARTBEAT_SILENT_AFTER + 600)
+    SystemMark.objects.create(name=f"{heartbeat.WORKER_PREFIX}celery@gone", at=long_ago)
+    heartbeat.mark(heartbeat.BEAT)
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["worker"].startswith("silent for ")
+    assert int(body["worker"].split()[2]) >= settings.HEARTBEAT_SILENT_AFTER + 600
+    assert body["beat"] == "ok"
 
 
 @pytest.mark.django_db
@@ -122,6 +149,8 @@ def test_healthz_answers_503_naming_redis_when_redis_is_unreachable(client, sett
     body = response.json()
     assert body["db"] == "ok"
     assert body["redis"].startswith("down")
+    # The database still answers, so the heartbeats are still reported.
+    assert (body["worker"], body["beat"]) == ("never seen", "never seen")
 
 
 def test_preflight_stops_at_once_saying_what_to_start():

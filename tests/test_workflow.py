@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.core import mail
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
-from incidents import access, workflow
+from incidents import access, isdown, notifications, workflow
 from incidents.audit import verify_chain
-from incidents.models import AuditEvent, DraftKind, DraftState, Publication, Review, Revision
+from incidents.models import (
+    AuditEvent,
+    DraftKind,
+    DraftState,
+    Notification,
+    Publication,
+    PublicationState,
+    Review,
+    Revision,
+    RevisionRequest,
+)
 
 from .factories import IncidentFactory
 
@@ -26,16 +37,15 @@ def submitted(draft, responder):
     return workflow.submit(draft_id=draft.pk, user=responder)
 
 
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    """Approvals enqueue on commit; these tests look at the database, not at the broker."""
-    calls: list[int] = []
-    monkeypatch.setattr("incidents.tasks.enqueue_publication", calls.append, raising=False)
-    return calls
-
-
 def last_event() -> AuditEvent:
     return AuditEvent.objects.order_by("-seq").first()
+
+
+def approve(revision: Revision, reviewer, **kwargs) -> workflow.Decision:
+    """Approve ``revision`` as a reviewer who saw its hash."""
+    return workflow.approve(
+        draft_id=revision.draft_id, revision_id=revision.pk, reviewer=reviewer, sha256=revision.sha256, **kwargs
+    )
 
 
 def test_create_starts_a_draft_and_audits_its_fields(draft, responder):
@@ -71,21 +81,42 @@ def test_a_stale_save_is_refused_with_the_current_version(draft, responder, appr
     assert draft.title == "Theirs"
 
 
-def test_submit_freezes_the_exact_request_and_its_hash(submitted, draft, responder):
+def test_submit_freezes_the_exact_request_and_its_hash(submitted, draft, responder, api_service):
     draft.refresh_from_db()
     assert draft.state == DraftState.IN_REVIEW
-    assert submitted.method == "POST"
-    assert submitted.path == "/api/v2/incidents"
-    assert submitted.body == {
-        "service_id": 1001,
-        "title": "API errors",
-        "status": "major",
-        "description": "Elevated 5xx on /v1.",
-        "resolution_stage": "investigating",
-    }
-    assert submitted.sha256 == workflow.request_sha256(submitted.method, submitted.path, submitted.body)
+    request = submitted.requests.get()
+    assert (request.position, request.service, request.target_remote_id) == (0, api_service, "")
+    assert request.method == "POST"
+    assert request.path == "/api/v2/incidents"
+    # The documented key order, compact, exactly as it goes on the wire.
+    expected = isdown.encode_body(
+        {
+            "service_id": 1001,
+            "title": "API errors",
+            "status": "major",
+            "description": "Elevated 5xx on /v1.",
+            "resolution_stage": "investigating",
+        }
+    )
+    assert request.body == expected
+    assert request.body.startswith('{"service_id":1001,"title":"API errors","status":"major",')
+    assert request.sha256 == isdown.Request("POST", "/api/v2/incidents", expected).sha256
+    assert submitted.sha256 == isdown.requests_sha256([(0, request.sha256)])
+    # What is stored is what workflow.build_request makes of the draft now, text for text.
+    [(service, built)] = workflow.draft_requests(draft)
+    assert (service, built.body, built.sha256) == (api_service, request.body, request.sha256)
     assert last_event().action == "draft.submitted"
     assert last_event().changes["state"] == ["draft", "in_review"]
+
+
+def test_submit_stores_non_ascii_text_as_utf8_not_escapes(responder, api_service):
+    draft = workflow.create(
+        user=responder, service=api_service, kind=DraftKind.OPEN, fields={**FIELDS, "title": "Störung in Zürich ⚠"}
+    )
+    revision = workflow.submit(draft_id=draft.pk, user=responder)
+    request = revision.requests.get()
+    assert '"title":"Störung in Zürich ⚠"' in request.body
+    assert request.sha256 == isdown.Request(request.method, request.path, request.body).sha256
 
 
 def test_editing_during_review_is_refused(submitted, draft, responder):
@@ -120,45 +151,109 @@ def test_discard_in_review_is_refused(submitted, draft, responder):
         workflow.discard(draft_id=draft.pk, user=responder)
 
 
-def test_approve_writes_review_publication_and_audit_in_one_go(submitted, draft, approver, no_broker):
+def test_approve_writes_review_publication_and_audit_in_one_go(submitted, draft, approver):
     with transaction.atomic():
-        decision = workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver)
+        decision = approve(submitted, approver)
     draft.refresh_from_db()
     assert draft.state == DraftState.APPROVED
     assert decision.review.decision == "approve"
     publication = Publication.objects.get(revision=submitted)
+    assert decision.publications == [publication]
+    assert decision.publication == publication
     assert publication.state == "queued"
+    request = submitted.requests.get()
+    assert (publication.request, publication.service, publication.draft, publication.team) == (
+        request,
+        draft.service,
+        draft,
+        draft.team,
+    )
+    assert publication.incident is None
+    assert publication.target_remote_id == ""
     assert last_event().action == "review.approved"
+
+
+def test_the_review_records_the_approved_hash_and_so_does_the_audit_event(submitted, draft, approver):
+    decision = approve(submitted, approver)
+    review = Review.objects.get(revision=submitted)
+    assert review == decision.review
+    assert review.sha256 == submitted.sha256
+    event = last_event()
+    assert event.action == "review.approved"
+    assert event.changes["sha256"] == [None, submitted.sha256]
+
+
+@pytest.mark.parametrize("seen", ["", "0" * 64, "the request's own hash"])
+def test_approving_without_the_revisions_hash_is_refused_and_writes_nothing(
+    submitted, draft, approver, enqueued, django_capture_on_commit_callbacks, seen
+):
+    if seen == "the request's own hash":
+        seen = submitted.requests.get().sha256  # a real hash, but not the one a review approves
+    events = AuditEvent.objects.count()
+    notes = Notification.objects.count()
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(workflow.StaleRevision, match="SHA-256"):
+        workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver, sha256=seen)
+    assert not Review.objects.exists()
+    assert not Publication.objects.exists()
+    assert AuditEvent.objects.count() == events
+    assert Notification.objects.count() == notes
+    assert enqueued == []
+    draft.refresh_from_db()
+    assert draft.state == DraftState.IN_REVIEW
+
+
+def test_approving_enqueues_one_publish_message_only_after_commit(
+    submitted, draft, approver, enqueued, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        decision = approve(submitted, approver)
+        assert [call for call in enqueued if call[0] == "publish"] == []
+    assert [call for call in enqueued if call[0] == "publish"] == [("publish", decision.publication.pk)]
+    assert Publication.objects.get().last_enqueued_at is not None
+
+
+def test_an_approval_that_rolls_back_enqueues_nothing(
+    submitted, draft, approver, enqueued, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError), transaction.atomic():
+        approve(submitted, approver)
+        raise RuntimeError("the caller's transaction fails after the approval")
+    assert enqueued == []
+    assert not Publication.objects.exists()
 
 
 def test_author_cannot_approve_own_revision(api_service, approver, approver2):
     draft = workflow.create(user=approver, service=api_service, kind=DraftKind.OPEN, fields=FIELDS)
     revision = workflow.submit(draft_id=draft.pk, user=approver)
     with pytest.raises(workflow.NotAllowed, match="someone else"):
-        workflow.approve(draft_id=draft.pk, revision_id=revision.pk, reviewer=approver)
+        approve(revision, approver)
     assert not Review.objects.exists()
-    workflow.approve(draft_id=draft.pk, revision_id=revision.pk, reviewer=approver2)
+    approve(revision, approver2)
+    assert Review.objects.get().reviewer == approver2
 
 
 def test_last_editor_cannot_approve(draft, responder, approver, approver2):
     workflow.save(draft_id=draft.pk, user=approver, expected_version=1, fields={**FIELDS, "title": "Edited"})
     revision = workflow.submit(draft_id=draft.pk, user=responder)
     with pytest.raises(workflow.NotAllowed):
-        workflow.approve(draft_id=draft.pk, revision_id=revision.pk, reviewer=approver)
-    workflow.approve(draft_id=draft.pk, revision_id=revision.pk, reviewer=approver2)
+        approve(revision, approver)
+    assert not Review.objects.exists()
+    approve(revision, approver2)
+    assert Review.objects.get().reviewer == approver2
 
 
 def test_responder_and_auditor_cannot_review(submitted, draft, responder, auditor):
     for user in (responder, auditor):
         with pytest.raises(access.RoleRequired, match="approver role"):
-            workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=user)
+            approve(submitted, user)
+    assert not Review.objects.exists()
 
 
 def test_approve_twice_is_refused_and_changes_nothing(submitted, draft, approver, approver2):
-    workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver)
+    approve(submitted, approver)
     count = AuditEvent.objects.count()
     with pytest.raises(workflow.InvalidTransition, match="approved"):
-        workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver2)
+        approve(submitted, approver2)
     assert Publication.objects.count() == 1
     assert AuditEvent.objects.count() == count
 
@@ -166,14 +261,16 @@ def test_approve_twice_is_refused_and_changes_nothing(submitted, draft, approver
 def test_approving_a_withdrawn_revision_is_refused(submitted, draft, responder, approver):
     workflow.withdraw(draft_id=draft.pk, user=responder)
     with pytest.raises(workflow.InvalidTransition):
-        workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver)
+        approve(submitted, approver)
+    assert not Publication.objects.exists()
 
 
 def test_approving_an_old_revision_is_refused(submitted, draft, responder, approver):
     workflow.withdraw(draft_id=draft.pk, user=responder)
     workflow.submit(draft_id=draft.pk, user=responder)
     with pytest.raises(workflow.StaleRevision):
-        workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver)
+        approve(submitted, approver)
+    assert not Publication.objects.exists()
 
 
 def test_request_changes_needs_a_comment_and_reopens_the_draft(submitted, draft, responder, approver):
@@ -209,9 +306,28 @@ def test_update_draft_sends_only_what_changes(responder, api_service):
         fields={"title": "API errors", "severity": "major", "description": "Fix deployed.", "stage": "monitoring"},
     )
     revision = workflow.submit(draft_id=draft.pk, user=responder)
-    assert revision.method == "PATCH"
-    assert revision.path == "/api/v2/incidents/55001"
-    assert revision.body == {"status": "major", "description": "Fix deployed.", "resolution_stage": "monitoring"}
+    request = revision.requests.get()
+    assert request.method == "PATCH"
+    assert request.path == "/api/v2/incidents/55001"
+    assert request.target_remote_id == "55001"
+    assert request.body == isdown.encode_body(
+        {"status": "major", "description": "Fix deployed.", "resolution_stage": "monitoring"}
+    )
+    assert revision.sha256 == isdown.requests_sha256([(0, request.sha256)])
+
+
+def test_an_approved_update_publishes_to_its_incident(responder, approver, api_service):
+    incident = IncidentFactory(service=api_service, remote_id="55004", title="API errors", severity="minor")
+    draft = workflow.create(
+        user=responder,
+        service=api_service,
+        kind=DraftKind.UPDATE,
+        incident=incident,
+        fields={"title": "API errors", "severity": "minor", "description": "Fixed.", "stage": "resolved"},
+    )
+    revision = workflow.submit(draft_id=draft.pk, user=responder)
+    publication = approve(revision, approver).publication
+    assert (publication.incident, publication.target_remote_id) == (incident, "55004")
 
 
 def test_update_draft_with_nothing_to_send_is_refused(responder, api_service):
@@ -233,31 +349,91 @@ def test_update_of_an_unpublished_incident_is_refused(responder, api_service):
         workflow.create(user=responder, service=api_service, kind=DraftKind.UPDATE, incident=incident, fields=FIELDS)
 
 
+REVIEW_INSERT = (
+    "INSERT INTO incidents_review (revision_id, reviewer_id, revision_author_id, revision_last_editor_id,"
+    " decision, comment, sha256, created_at) VALUES (%s, %s, %s, %s, 'approve', '', %s, now())"
+)
+
+
 def test_the_database_refuses_a_self_review_even_from_raw_sql(submitted, responder):
     with pytest.raises(IntegrityError, match="review_four_eyes"), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO incidents_review (revision_id, reviewer_id, revision_author_id, revision_last_editor_id,"
-            " decision, comment, created_at) VALUES (%s, %s, %s, %s, 'approve', '', now())",
-            [submitted.pk, responder.pk, responder.pk, responder.pk],
-        )
+        cursor.execute(REVIEW_INSERT, [submitted.pk, responder.pk, responder.pk, responder.pk, submitted.sha256])
+    assert not Review.objects.exists()
 
 
 def test_the_database_refuses_a_review_that_lies_about_the_author(submitted, responder, approver):
     # Claim the approver is not the author by writing someone else into the copied columns.
-    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO incidents_review (revision_id, reviewer_id, revision_author_id, revision_last_editor_id,"
-            " decision, comment, created_at) VALUES (%s, %s, %s, %s, 'approve', '', now())",
-            [submitted.pk, responder.pk, approver.pk, approver.pk],
-        )
+    with (
+        pytest.raises(IntegrityError, match="review_matches_revision_author_editor"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(REVIEW_INSERT, [submitted.pk, responder.pk, approver.pk, approver.pk, submitted.sha256])
         # The composite foreign key is deferred; make it check now, as a commit would.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    assert not Review.objects.exists()
 
 
-def test_one_publication_per_revision(submitted, draft, approver):
-    workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver)
+def test_the_database_refuses_an_approval_that_binds_no_hash(submitted, responder, approver):
+    with (
+        pytest.raises(IntegrityError, match="review_approval_binds_hash"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(REVIEW_INSERT, [submitted.pk, approver.pk, responder.pk, responder.pk, ""])
+    assert not Review.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE incidents_revision SET sha256 = 'forged' WHERE id = %(revision)s",
+        "UPDATE incidents_revision SET fields = '{}'::jsonb WHERE id = %(revision)s",
+        "DELETE FROM incidents_revision WHERE id = %(revision)s",
+        'UPDATE incidents_revisionrequest SET body = \'{"title":"forged"}\' WHERE revision_id = %(revision)s',
+        "UPDATE incidents_revisionrequest SET path = '/api/v2/incidents/1' WHERE revision_id = %(revision)s",
+        "DELETE FROM incidents_revisionrequest WHERE revision_id = %(revision)s",
+    ],
+)
+def test_the_database_refuses_to_change_a_revision_or_its_requests(submitted, sql):
+    request = submitted.requests.get()
+    with pytest.raises(DatabaseError, match="is immutable"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, {"revision": submitted.pk})
+    assert Revision.objects.get(pk=submitted.pk).sha256 == submitted.sha256
+    stored = RevisionRequest.objects.get(pk=request.pk)
+    assert (stored.path, stored.body) == (request.path, request.body)
+
+
+def test_the_orm_cannot_change_a_revision_either(submitted):
+    with pytest.raises(DatabaseError, match="is immutable"), transaction.atomic():
+        Revision.objects.filter(pk=submitted.pk).update(number=7)
+    with pytest.raises(DatabaseError, match="is immutable"), transaction.atomic():
+        RevisionRequest.objects.filter(revision=submitted).update(method="DELETE")
+    assert Revision.objects.get(pk=submitted.pk).number == submitted.number
+
+
+def test_one_publication_per_revision_and_target(submitted, draft, approver, dashboard_service):
+    publication = approve(submitted, approver).publication
+    # The same request twice.
     with pytest.raises(IntegrityError), transaction.atomic():
-        Publication.objects.create(revision=submitted, draft=draft, team=draft.team)
+        Publication.objects.create(
+            revision=submitted, request=publication.request, draft=draft, team=draft.team, service=draft.service
+        )
+    # Another request of the revision, but the same target service.
+    other = RevisionRequest.objects.create(
+        revision=submitted,
+        position=1,
+        service=dashboard_service,
+        method="POST",
+        path="/api/v2/incidents",
+        body="{}",
+        sha256="0" * 64,
+    )
+    with pytest.raises(IntegrityError, match="publication_one_per_revision_target"), transaction.atomic():
+        Publication.objects.create(
+            revision=submitted, request=other, draft=draft, team=draft.team, service=draft.service
+        )
+    assert Publication.objects.count() == 1
 
 
 def test_revisions_keep_the_chain_valid_through_a_whole_scenario(draft, responder, approver, approver2):
@@ -266,7 +442,7 @@ def test_revisions_keep_the_chain_valid_through_a_whole_scenario(draft, responde
     draft.refresh_from_db()
     workflow.save(draft_id=draft.pk, user=responder, expected_version=draft.version, fields=FIELDS)
     revision = workflow.submit(draft_id=draft.pk, user=responder)
-    workflow.approve(draft_id=draft.pk, revision_id=revision.pk, reviewer=approver2)
+    approve(revision, approver2)
     assert Revision.objects.filter(draft=draft).count() == 2
     assert list(
         AuditEvent.objects.filter(target_type="draft", target_id=str(draft.pk))
@@ -284,17 +460,131 @@ def test_revisions_keep_the_chain_valid_through_a_whole_scenario(draft, responde
     assert result.ok, result.message()
 
 
-def test_an_approved_draft_follows_its_publication_only_forward(submitted, draft, approver):
-    workflow.approve(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver)
-    assert workflow.follow_publication(draft_id=draft.pk, state=DraftState.PUBLISHING)
-    assert workflow.follow_publication(draft_id=draft.pk, state=DraftState.PUBLISHED)
-    # Stale news of a failure cannot undo a publication.
-    assert not workflow.follow_publication(draft_id=draft.pk, state=DraftState.FAILED)
+# --- Following the publications -----------------------------------------------------------------------------
+def set_publication_state(draft, state: str) -> None:
+    Publication.objects.filter(draft=draft).update(state=state)
+
+
+def test_an_approved_draft_follows_its_publication_to_published(submitted, draft, approver):
+    approve(submitted, approver)
+    assert workflow.follow_publications(draft_id=draft.pk) == DraftState.PUBLISHING  # queued
+    set_publication_state(draft, PublicationState.SENDING)
+    assert workflow.follow_publications(draft_id=draft.pk) is None  # still publishing: no change
+    set_publication_state(draft, PublicationState.PUBLISHED)
+    assert workflow.follow_publications(draft_id=draft.pk) == DraftState.PUBLISHED
     draft.refresh_from_db()
     assert draft.state == DraftState.PUBLISHED
 
 
-def test_a_draft_in_review_does_not_follow_a_publication(submitted, draft):
-    assert not workflow.follow_publication(draft_id=draft.pk, state=DraftState.PUBLISHING)
+@pytest.mark.parametrize(
+    ("publication_state", "draft_state"),
+    [
+        (PublicationState.FAILED, DraftState.FAILED),
+        (PublicationState.NEEDS_ATTENTION, DraftState.NEEDS_ATTENTION),
+        (PublicationState.DUPLICATE_DETECTED, DraftState.NEEDS_ATTENTION),
+        (PublicationState.ABANDONED, DraftState.ABANDONED),
+    ],
+)
+def test_a_publishing_draft_follows_its_publication_to_where_a_human_is_needed(
+    submitted, draft, approver, publication_state, draft_state
+):
+    approve(submitted, approver)
+    set_publication_state(draft, PublicationState.RECONCILING)
+    assert workflow.follow_publications(draft_id=draft.pk) == DraftState.PUBLISHING
+    set_publication_state(draft, publication_state)
+    assert workflow.follow_publications(draft_id=draft.pk) == draft_state
     draft.refresh_from_db()
-    assert draft.state == DraftState.IN_REVIEW
+    assert draft.state == draft_state
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        ({"published", "failed", "queued"}, DraftState.FAILED),
+        ({"published", "needs_attention", "sending"}, DraftState.NEEDS_ATTENTION),
+        ({"published", "duplicate_detected", "retry_wait"}, DraftState.NEEDS_ATTENTION),
+        ({"published", "queued"}, DraftState.PUBLISHING),
+        ({"published", "sending"}, DraftState.PUBLISHING),
+        ({"published", "retry_wait"}, DraftState.PUBLISHING),
+        ({"abandoned", "reconciling"}, DraftState.PUBLISHING),
+        ({"published", "abandoned"}, DraftState.PUBLISHED),
+        ({"published"}, DraftState.PUBLISHED),
+        ({"abandoned"}, DraftState.ABANDONED),
+    ],
+)
+def test_publishing_state_shows_the_publication_most_in_need_of_a_human(states, expected):
+    assert workflow.publishing_state(states) == expected
+
+
+@pytest.mark.parametrize("state", [DraftState.IN_REVIEW, DraftState.REJECTED, DraftState.DISCARDED])
+def test_a_draft_that_is_not_approved_never_follows_publications(submitted, draft, approver, responder, state):
+    # With no publications at all, a draft that followed would become "abandoned".
+    if state == DraftState.REJECTED:
+        workflow.reject(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver, comment="No.")
+    elif state == DraftState.DISCARDED:
+        workflow.withdraw(draft_id=draft.pk, user=responder)
+        workflow.discard(draft_id=draft.pk, user=responder)
+    events = AuditEvent.objects.count()
+    assert workflow.follow_publications(draft_id=draft.pk) is None
+    draft.refresh_from_db()
+    assert draft.state == state
+    assert AuditEvent.objects.count() == events
+
+
+# --- Emails ------------------------------------------------------------------------------------------------
+def test_submit_writes_the_review_email_for_the_teams_other_approvers_and_sends_it_only_on_delivery(
+    api_service, approver, approver2, auditor, outsider, responder, enqueued, django_capture_on_commit_callbacks
+):
+    draft = workflow.create(user=approver, service=api_service, kind=DraftKind.OPEN, fields=FIELDS)
+    with django_capture_on_commit_callbacks(execute=True):
+        revision = workflow.submit(draft_id=draft.pk, user=approver)
+        # Written in the submit's own transaction, sent by nobody yet.
+        notification = Notification.objects.get(kind="review_needed")
+        assert enqueued == []
+    # The author is an approver too, but is not asked to review their own words.
+    assert notification.recipients == ["approver2@example.com"]
+    assert (notification.team, notification.target_type, notification.target_id) == (
+        draft.team,
+        "draft",
+        str(draft.pk),
+    )
+    assert notification.state == "pending"
+    assert enqueued == [("deliver_notification", notification.pk)]
+    assert mail.outbox == []
+
+    assert notifications.deliver_due() == {"sent": 1}
+    [message] = mail.outbox
+    assert message.to == ["approver2@example.com"]
+    assert "Review needed" in message.subject
+    assert f"revision {revision.number} of draft #{draft.pk}" in message.body
+    assert f"/drafts/{draft.pk}/review/" in message.body
+    notification.refresh_from_db()
+    assert notification.state == "sent"
+    assert notifications.deliver_due() == {}  # sent once
+    assert len(mail.outbox) == 1
+
+
+def test_a_submit_whose_email_cannot_be_written_does_not_happen(draft, responder, approver, monkeypatch):
+    def refuse(revision):
+        raise DatabaseError("the outbox is unavailable")
+
+    monkeypatch.setattr(notifications, "revision_submitted", refuse)
+    events = AuditEvent.objects.count()
+    with pytest.raises(DatabaseError):
+        workflow.submit(draft_id=draft.pk, user=responder)
+    draft.refresh_from_db()
+    assert draft.state == DraftState.DRAFT
+    assert not Revision.objects.exists()
+    assert AuditEvent.objects.count() == events
+
+
+def test_a_review_decision_emails_the_author_with_the_comment_and_a_link(submitted, draft, approver):
+    workflow.request_changes(draft_id=draft.pk, revision_id=submitted.pk, reviewer=approver, comment="Which region?")
+    notification = Notification.objects.get(kind="reviewed")
+    assert notification.recipients == ["responder@example.com"]
+    assert mail.outbox == []
+    notifications.deliver_due()
+    [message] = [m for m in mail.outbox if m.to == ["responder@example.com"]]
+    assert "Changes requested" in message.subject
+    assert "Which region?" in message.body
+    assert f"/drafts/{draft.pk}/" in message.body

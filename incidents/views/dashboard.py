@@ -7,8 +7,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from .. import access
-from ..models import DraftState, PublicationState
+from .. import access, heartbeat
+from ..models import HUMAN_PUBLICATION_STATES, DraftState, Notification, NotificationState, PublicationState
 
 MY_DRAFT_STATES = (
     DraftState.DRAFT,
@@ -17,6 +17,7 @@ MY_DRAFT_STATES = (
     DraftState.APPROVED,
     DraftState.PUBLISHING,
     DraftState.FAILED,
+    DraftState.NEEDS_ATTENTION,
     DraftState.REJECTED,
 )
 PANEL_LIMIT = 20
@@ -48,7 +49,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         .select_related("draft__service")
         .order_by("-updated_at")[:PANEL_LIMIT]
     )
+    health = heartbeat.status()
     context = {
+        "needs_human": access.publications(user)
+        .filter(state__in=HUMAN_PUBLICATION_STATES)
+        .select_related("draft__service")
+        .order_by("pk")[:PANEL_LIMIT],
+        "worker_silent": health.worker_silent(),
+        "beat_silent": health.beat_silent(),
+        "health": health,
+        "undelivered": Notification.objects.filter(
+            team_id__in=access.team_ids(user), state=NotificationState.GAVE_UP
+        ).count(),
         "reviews": awaiting_review(user)[:PANEL_LIMIT],
         "my_drafts": my_drafts,
         "publishing": publishing,

@@ -38,10 +38,12 @@ def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[s
     }
     if preview["valid"]:
         service = form.cleaned_data["service"] if kind == DraftKind.OPEN else incident.service
-        method, path, body = workflow.build_request(
-            kind=kind, service=service, incident=incident, fields=form.draft_fields()
+        request = workflow.build_request(kind=kind, service=service, incident=incident, fields=form.draft_fields())
+        preview.update(
+            method=request.method,
+            path=request.path,
+            body_json=json.dumps(request.json(), indent=2, ensure_ascii=False),
         )
-        preview.update(method=method, path=path, body_json=json.dumps(body, indent=2, ensure_ascii=False))
     return preview
 
 

@@ -1,4 +1,9 @@
-"""/healthz: is the database reachable, is Redis reachable. No login: load balancers call it."""
+"""/healthz: is the database reachable, is Redis reachable, are a worker and beat alive. No login: load
+balancers and monitors call it.
+
+The status code answers "can this web process serve?" (503 when the database or Redis is down). Whether
+anything is being published is in the body (``worker``, ``beat``: "ok", or how long they have been silent),
+for a monitor to alert on: a silent worker must not take the web out of a load balancer's rotation."""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+
+from .. import heartbeat
 
 
 def check_database() -> str:
@@ -38,4 +45,8 @@ def check_redis() -> str:
 def healthz(request):
     checks = {"db": check_database(), "redis": check_redis()}
     healthy = all(value == "ok" for value in checks.values())
+    if checks["db"] == "ok":
+        status = heartbeat.status()
+        checks["worker"] = status.describe(status.worker_seen_at)
+        checks["beat"] = status.describe(status.beat_seen_at)
     return JsonResponse(checks, status=200 if healthy else 503)

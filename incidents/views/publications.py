@@ -1,5 +1,5 @@
-"""A publication's status (a self-refreshing fragment) and the three human actions approvers may take on a
-failed or needs-attention publication. The actions themselves live in publishing.py.
+"""A publication's status (a self-refreshing fragment) and the human actions approvers may take on a failed,
+needs-attention or duplicated publication. The actions themselves live in publishing.py.
 
 Other pages include ``incidents/_publication.html`` with the context from ``publication_context``.
 """
@@ -15,22 +15,28 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import access, publishing
-from ..models import Publication
+from .. import access, notifications, publishing
+from ..models import Publication, PublicationState
 
 FRAGMENT = "incidents/_publication.html"
 PAGE = "incidents/publication.html"
 
 
 def publication_context(request: HttpRequest, publication: Publication, **extra: Any) -> dict[str, Any]:
-    """Everything ``_publication.html`` needs: the row, its attempts, whether this user may act on it."""
-    can_act = publication.state in publishing.RETRYABLE_BY_HUMAN and access.has_role(
-        request.user, publication.team_id, access.REVIEWING_ROLES
-    )
+    """Everything ``_publication.html`` needs: the row, its attempts, what it waits for, whether this user may
+    act on it (and if not, who can)."""
+    is_approver = access.has_role(request.user, publication.team_id, access.REVIEWING_ROLES)
+    waiting_for = publishing.ahead_of(publication) if publication.state in publishing.CLAIMABLE_FOR_SEND else None
     return {
         "publication": publication,
         "attempts": publication.attempt_rows.order_by("number"),
-        "can_act": can_act,
+        "can_act": publication.needs_human and is_approver,
+        "can_delete_duplicates": publication.state == PublicationState.DUPLICATE_DETECTED
+        and publication.request.method == "POST",
+        "approvers": list(notifications.team_approvers(publication.team).order_by("username"))
+        if publication.needs_human and not is_approver
+        else [],
+        "waiting_for": waiting_for,
         "return_to": request.get_full_path() if not request.htmx else _return_to(request),
         **extra,
     }
@@ -101,8 +107,42 @@ def publication_mark_published(request: HttpRequest, pk: int) -> HttpResponse:
         publishing.mark_published(
             publication_id=publication.pk,
             user=request.user,
-            remote_id=request.POST.get("remote_id", ""),
+            remote_id=request.POST.get("remote_id", "")[:100],
             expected_state=expected_state,
         )
 
     return _act(request, pk, action="mark a publication published", run=run)
+
+
+@require_POST
+def publication_abandon(request: HttpRequest, pk: int) -> HttpResponse:
+    def run(*, publication: Publication, expected_state: str | None) -> None:
+        publishing.abandon(
+            publication_id=publication.pk,
+            user=request.user,
+            reason=request.POST.get("reason", "")[:2000],
+            expected_state=expected_state,
+        )
+
+    return _act(request, pk, action="abandon a publication", run=run)
+
+
+@require_POST
+def publication_delete_duplicates(request: HttpRequest, pk: int) -> HttpResponse:
+    def run(*, publication: Publication, expected_state: str | None) -> None:
+        publishing.delete_duplicates(publication_id=publication.pk, user=request.user, expected_state=expected_state)
+
+    return _act(request, pk, action="delete a duplicate", run=run)
+
+
+@require_POST
+def publication_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
+    def run(*, publication: Publication, expected_state: str | None) -> None:
+        publishing.acknowledge_duplicate(
+            publication_id=publication.pk,
+            user=request.user,
+            note=request.POST.get("note", "")[:2000],
+            expected_state=expected_state,
+        )
+
+    return _act(request, pk, action="acknowledge a duplicate", run=run)

@@ -31,7 +31,10 @@ def review_context(request: HttpRequest, draft) -> dict:
         "draft": draft,
         "revision": revision,
         "previous": previous,
-        "request_json": json.dumps(revision.body, indent=2, ensure_ascii=False) if revision else "",
+        "requests": [
+            {"request": request, "json": json.dumps(json.loads(request.body or "{}"), indent=2, ensure_ascii=False)}
+            for request in (revision.requests.select_related("service").order_by("position") if revision else [])
+        ],
         "in_review": draft.state == DraftState.IN_REVIEW,
         "can_review": access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
         "own_revision": revision is not None and request.user.pk in (revision.author_id, revision.last_editor_id),
@@ -58,23 +61,24 @@ def draft_review(request: HttpRequest, pk: int) -> HttpResponse:
         context = {**review_context(request, draft), "form": form}
         template = "incidents/review.html#decision" if request.htmx else "incidents/review.html"
         return render(request, template, context, status=422)
-    action = {
-        ReviewDecision.APPROVE: workflow.approve,
-        ReviewDecision.REQUEST_CHANGES: workflow.request_changes,
-        ReviewDecision.REJECT: workflow.reject,
-    }[ReviewDecision(form.cleaned_data["decision"])]
+    decision = ReviewDecision(form.cleaned_data["decision"])
+    arguments = {
+        "draft_id": draft.pk,
+        "revision_id": form.cleaned_data["revision"],
+        "reviewer": request.user,
+        "comment": form.cleaned_data["comment"],
+    }
     try:
-        action(
-            draft_id=draft.pk,
-            revision_id=form.cleaned_data["revision"],
-            reviewer=request.user,
-            comment=form.cleaned_data["comment"],
-        )
+        if decision == ReviewDecision.APPROVE:
+            workflow.approve(**arguments, sha256=form.cleaned_data["sha256"])
+        elif decision == ReviewDecision.REQUEST_CHANGES:
+            workflow.request_changes(**arguments)
+        else:
+            workflow.reject(**arguments)
     except workflow.WorkflowError as exc:
         messages.error(request, str(exc))
         url = reverse("incidents:draft_review", kwargs={"pk": draft.pk})
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-    decision = ReviewDecision(form.cleaned_data["decision"])
     messages.success(
         request,
         {

@@ -7,15 +7,10 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from incidents.models import Draft, DraftState, Publication
+from incidents.models import Draft, DraftState, Publication, Review
 
+# The publication is queued (the ``enqueued`` fixture keeps the broker out); sending it is tests/publishing's.
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    """The publication is queued; sending it is the worker's business (tests/publishing)."""
-    monkeypatch.setattr("incidents.tasks.enqueue_publication", lambda publication_id: None)
 
 
 def sign_in(page: Page, base: str, username: str, password: str) -> None:
@@ -27,7 +22,7 @@ def sign_in(page: Page, base: str, username: str, password: str) -> None:
 
 
 def test_responder_drafts_with_live_validation_and_approver_approves(
-    live_server, browser, responder, approver, api_service, password, csp_violations, page
+    live_server, browser, responder, approver, api_service, password, csp_violations, page, enqueued
 ):
     base = live_server.url
     sign_in(page, base, "responder", password)
@@ -63,11 +58,20 @@ def test_responder_drafts_with_live_validation_and_approver_approves(
     sign_in(approver_page, base, "approver", password)
     expect(approver_page.locator("#review-count")).to_have_text("1")
     approver_page.click("#panel-reviews a")
-    expect(approver_page.locator("#revision-request")).to_contain_text('"title": "Elevated API errors"')
+    request = approver_page.locator("#revision-request-0")
+    expect(request).to_contain_text("POST /api/v2/incidents")
+    expect(request).to_contain_text('"title": "Elevated API errors"')
+    expect(approver_page.locator("pre.revision-request")).to_have_count(1)
+    revision = draft.revisions.get()
+    expect(approver_page.locator("#revision-hash")).to_have_text(revision.sha256)
     approver_page.click("button[value=approve]")
     expect(approver_page.locator(".msg-success")).to_contain_text("Approved")
     expect(approver_page.locator("#review-count")).to_have_count(0)
-    assert Publication.objects.get().revision.draft == draft
+    publication = Publication.objects.get()
+    assert publication.revision == revision
+    # The approval bound the hash the page showed, and the publication went to the broker after commit.
+    assert Review.objects.get(revision=revision).sha256 == revision.sha256
+    assert ("publish", publication.pk) in enqueued
 
     approver_page.goto(f"{base}/audit/")
     log = approver_page.locator("main")

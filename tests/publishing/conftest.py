@@ -30,24 +30,40 @@ from tests.factories import MembershipFactory, ServiceFactory, TeamFactory, User
 REPO = Path(__file__).resolve().parents[2]
 CELERY = Path(sys.executable).with_name("celery")
 
-# Small numbers keep every fault test to seconds. The lease must exceed 4x ISDOWN_TIMEOUT (settings check).
+# Every timing setting shrunk together, so each fault test takes seconds: the client's deadline, the lease
+# and the time limits under it, the reconcile and watch windows, backoff, and the faults the tests inject (a
+# latency or hang fault is a few seconds: longer than the deadline, shorter or longer than the windows).
 FAST = {
     "ISDOWN_TIMEOUT": "1",
     "PUBLISH_LEASE_SECONDS": "5",
     "PUBLISH_BACKOFF_BASE": "0.2",
     "PUBLISH_BACKOFF_CAP": "5",
     "PUBLISH_MAX_ATTEMPTS": "5",
-    "PUBLISH_RECONCILE_DELAY": "0.2",
+    "PUBLISH_RECONCILE_WINDOWS": "0.3,1,3",
+    "PUBLISH_WATCH_WINDOWS": "0.3,1,3",
+    "PUBLISH_CHECK_PATIENCE": "10",
     "SWEEP_INTERVAL": "1",
+    "HEARTBEAT_INTERVAL": "0.5",
+    "HEARTBEAT_SILENT_AFTER": "5",
 }
+
+
+def _seconds(raw: str) -> list[float]:
+    return [float(item) for item in raw.split(",")]
+
+
 SETTINGS_TYPES = {
     "ISDOWN_TIMEOUT": float,
-    "PUBLISH_LEASE_SECONDS": int,
+    "PUBLISH_LEASE_SECONDS": float,
     "PUBLISH_BACKOFF_BASE": float,
     "PUBLISH_BACKOFF_CAP": float,
     "PUBLISH_MAX_ATTEMPTS": int,
-    "PUBLISH_RECONCILE_DELAY": float,
+    "PUBLISH_RECONCILE_WINDOWS": _seconds,
+    "PUBLISH_WATCH_WINDOWS": _seconds,
+    "PUBLISH_CHECK_PATIENCE": float,
     "SWEEP_INTERVAL": float,
+    "HEARTBEAT_INTERVAL": float,
+    "HEARTBEAT_SILENT_AFTER": float,
 }
 
 if not django_settings.SANDBOX_ENABLED:  # pragma: no cover - only when run against real IsDown
@@ -123,6 +139,7 @@ def fast_settings(settings, live_server, publish_queue):
     """In-process settings matching the workers': the sandbox at the live server, short timeouts."""
     settings.ISDOWN_API_URL = live_server.url + "/sandbox"
     settings.CELERY_PUBLISH_QUEUE = publish_queue
+    settings.CELERY_TASK_DEFAULT_QUEUE = publish_queue
     for name, raw in FAST.items():
         setattr(settings, name, SETTINGS_TYPES[name](raw))
     return settings
@@ -154,11 +171,12 @@ class Worker:
 
 @pytest.fixture
 def start_worker(fast_settings, live_server, publish_queue, tmp_path) -> Iterator[Callable[..., Worker]]:
-    """``start_worker(**env)`` runs ``celery -A isdown_admin worker`` (solo pool) on this test's queue and
-    waits until it is ready. Every worker is stopped at teardown, before the database is flushed."""
+    """``start_worker(*args, **env)`` runs ``celery -A isdown_admin worker`` (solo pool) on this test's queue
+    and waits until it is ready (``wait_ready=False``: returns at once). Every worker is stopped at teardown,
+    before the database is flushed."""
     workers: list[Worker] = []
 
-    def start(**extra_env: str) -> Worker:
+    def start(*extra_args: str, wait_ready: bool = True, **extra_env: str) -> Worker:
         name = f"w{len(workers)}-{uuid.uuid4().hex[:6]}"
         log = tmp_path / f"{name}.log"
         env = {
@@ -168,6 +186,7 @@ def start_worker(fast_settings, live_server, publish_queue, tmp_path) -> Iterato
             "REDIS_URL": django_settings.REDIS_URL,
             "ISDOWN_API_URL": live_server.url + "/sandbox",
             "CELERY_PUBLISH_QUEUE": publish_queue,
+            "CELERY_DEFAULT_QUEUE": publish_queue,
             "DJANGO_SETTINGS_MODULE": "isdown_admin.settings",
             "PYTHONUNBUFFERED": "1",
             **extra_env,
@@ -187,6 +206,7 @@ def start_worker(fast_settings, live_server, publish_queue, tmp_path) -> Iterato
                 "--without-mingle",
                 "--loglevel=INFO",
                 f"--hostname={name}@%h",
+                *extra_args,
             ],
             cwd=REPO,
             env=env,
@@ -195,11 +215,16 @@ def start_worker(fast_settings, live_server, publish_queue, tmp_path) -> Iterato
         )
         worker = Worker(process=process, log=log, name=name)
         workers.append(worker)
+        if not wait_ready:
+            return worker
         wait_for(lambda: " ready." in worker.log_text() or process.poll() is not None, timeout=30, what="worker ready")
         if process.poll() is not None:
             pytest.fail(f"worker exited at start:\n{worker.log_text()[-3000:]}")
         return worker
 
+    start.started = workers  # type: ignore[attr-defined]
     yield start
     for worker in workers:
         worker.stop()
+        # Shown by pytest only when the test failed: what the worker did.
+        print(f"--- {worker.name} ---\n{worker.log_text()[-6000:]}")

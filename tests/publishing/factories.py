@@ -1,12 +1,28 @@
-"""Approved drafts with their revision and outbox row, built the way workflow.submit/approve build them (the
-request from workflow.build_request, hashed by workflow.request_sha256), without the review ceremony."""
+"""Approved drafts with their revision, request, approval and outbox row, built the way workflow.submit/approve
+build them (the request from workflow.build_request, hashed as isdown.Request hashes it), without the review
+ceremony."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from incidents.models import Draft, DraftKind, DraftState, Incident, Publication, Revision, Service, Severity, Stage
-from incidents.workflow import build_request, request_sha256
+from incidents import isdown
+from incidents.models import (
+    Draft,
+    DraftKind,
+    DraftState,
+    Incident,
+    Publication,
+    Review,
+    ReviewDecision,
+    Revision,
+    RevisionRequest,
+    Service,
+    Severity,
+    Stage,
+)
+from incidents.workflow import build_request
+from tests.factories import UserFactory
 
 
 def approved_publication(
@@ -19,6 +35,7 @@ def approved_publication(
     severity: str = Severity.MINOR,
     description: str = "We are looking into it.",
     stage: str = Stage.INVESTIGATING,
+    reviewer: Any = None,
 ) -> Publication:
     """A ``queued`` Publication of an approved draft (no message is enqueued)."""
     fields = {"title": title, "severity": severity, "description": description, "stage": stage}
@@ -32,20 +49,43 @@ def approved_publication(
         last_editor=author,
         **fields,
     )
-    method, path, body = build_request(kind=kind, service=service, incident=incident, fields=fields)
+    request = build_request(kind=kind, service=service, incident=incident, fields=fields)
     revision = Revision.objects.create(
         draft=draft,
         number=1,
         fields=fields,
-        method=method,
-        path=path,
-        body=body,
-        sha256=request_sha256(method, path, body),
+        sha256=isdown.requests_sha256([(0, request.sha256)]),
         author=author,
         last_editor=author,
         submitted_by=author,
     )
-    return Publication.objects.create(revision=revision, draft=draft, team=service.team, incident=draft.incident)
+    stored = RevisionRequest.objects.create(
+        revision=revision,
+        position=0,
+        service=service,
+        target_remote_id=incident.remote_id if kind == DraftKind.UPDATE else "",
+        method=request.method,
+        path=request.path,
+        body=request.body,
+        sha256=request.sha256,
+    )
+    Review.objects.create(
+        revision=revision,
+        reviewer=reviewer or UserFactory(username="reviewer-of-record"),
+        revision_author=author,
+        revision_last_editor=author,
+        decision=ReviewDecision.APPROVE,
+        sha256=revision.sha256,
+    )
+    return Publication.objects.create(
+        revision=revision,
+        request=stored,
+        draft=draft,
+        team=service.team,
+        service=service,
+        incident=draft.incident,
+        target_remote_id=stored.target_remote_id,
+    )
 
 
 def update_publication(*, incident: Incident, author: Any, **fields: Any) -> Publication:

@@ -3,16 +3,16 @@ injected into the sandbox, and every claim checked against the sandbox's own req
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from incidents import publishing, tasks
+from incidents import enqueue, publishing, tasks
 from incidents.models import (
     AttemptKind,
+    AttemptOutcome,
     AuditEvent,
     DraftState,
     Incident,
@@ -45,15 +45,25 @@ def sends(publication: Publication):
 
 
 def publish_and_wait(publication: Publication, *states: str) -> Publication:
-    tasks.enqueue_publication(publication.pk)
+    enqueue.publication(publication.pk)
     return wait_state(publication, *(states or (S.PUBLISHED,)))
 
 
 def sweep_once() -> list[int]:
-    ids = publishing.sweep()
-    for publication_id in ids:
-        tasks.enqueue_publication(publication_id)
-    return ids
+    """One sweep, as the beat task runs it; returns the ids it enqueued."""
+    due = publishing.sweep()
+    for publication_id, countdown in due:
+        enqueue.publication(publication_id, countdown=countdown or None)
+    return [publication_id for publication_id, _ in due]
+
+
+def watch_over(publication: Publication) -> Publication:
+    def ended():
+        publication.refresh_from_db()
+        return publication.watch_until is None
+
+    wait_for(ended, what=f"publication {publication.pk}'s watch for a twin to end")
+    return publication
 
 
 def test_create_update_and_resolve_each_send_exactly_one_request(start_worker, service, author):
@@ -89,7 +99,7 @@ def test_create_update_and_resolve_each_send_exactly_one_request(start_worker, s
     assert len(sandbox_incidents()[0].updates) == 3
 
 
-def test_a_503_twice_then_success_is_published_after_three_recorded_attempts(start_worker, service, author):
+def test_a_503_twice_then_success_is_published_once_after_each_window_proved_absence(start_worker, service, author):
     add_fault(kind="status", status=503, count=2, method="POST")
     start_worker()
     publication = publish_and_wait(approved_publication(service=service, author=author))
@@ -101,9 +111,14 @@ def test_a_503_twice_then_success_is_published_after_three_recorded_attempts(sta
     assert [(a.status_code, a.outcome) for a in attempts] == [(503, "unknown"), (503, "unknown"), (201, "published")]
     assert all(a.finished_at and a.latency_ms is not None for a in attempts)
     assert "503" in attempts[0].response_excerpt
-    # A 503 without Retry-After may come from a proxy after the request went through: it was checked first.
+    # A 503 without Retry-After may come from a proxy after the request went through: the whole window was
+    # looked at (3 looks) before each resend.
     checks = publication.attempt_rows.filter(kind=AttemptKind.RECONCILE)
-    assert [c.outcome for c in checks] == ["absent", "absent"]
+    assert [c.outcome for c in checks] == ["absent"] * 6
+    # Sent three times, so a late twin was watched for: none came (the 503s were not processed).
+    watch_over(publication)
+    assert publication.state == S.PUBLISHED
+    assert publication.attempt_rows.filter(kind=AttemptKind.WATCH, outcome=AttemptOutcome.NO_TWIN).count() == 3
 
 
 def test_a_503_with_retry_after_is_retried_without_a_check(start_worker, service, author):
@@ -150,7 +165,7 @@ def test_process_then_hang_on_create_is_reconciled_by_listing_and_adopted(start_
     assert len(sandbox_incidents()) == 1 and publication.remote_id == str(sandbox_incidents()[0].pk)
     kinds = [(a.kind, a.outcome) for a in publication.attempt_rows.order_by("number")]
     assert kinds == [("send", "unknown"), ("reconcile", "found")]
-    assert publication.result["how"] == "adopted after reconcile"
+    assert publication.result["how"].startswith("found on IsDown")
     assert Incident.objects.filter(remote_id=publication.remote_id).count() == 1
 
 
@@ -180,7 +195,7 @@ def test_a_worker_killed_mid_request_leads_to_exactly_one_incident_after_restart
     add_fault(kind="hang", hang_seconds=4, count=1, method="POST")
     first = start_worker(**slow)
     publication = approved_publication(service=service, author=author)
-    tasks.enqueue_publication(publication.pk)
+    enqueue.publication(publication.pk)
     wait_for(lambda: sandbox_requests("POST"), what="the create to reach the sandbox")
     first.kill()
     publication.refresh_from_db()
@@ -189,7 +204,7 @@ def test_a_worker_killed_mid_request_leads_to_exactly_one_incident_after_restart
     start_worker(**slow)
     assert sweep_once() == []  # the lease has not run out: nobody touches a row that may still be in flight
     wait_for(lambda: timezone.now() > publication.lease_expires_at, timeout=15, what="the lease to expire")
-    assert sweep_once() == [publication.pk]
+    assert sweep_once() == [publication.pk]  # reconciling now: its first look is enqueued for later
     wait_state(publication, S.PUBLISHED)
 
     assert len(sandbox_requests("POST")) == 1 and len(sandbox_incidents()) == 1
@@ -207,14 +222,12 @@ def test_an_enqueue_that_never_reaches_the_broker_is_published_once_by_the_sweep
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     publication = approved_publication(service=service, author=author)
-    with monkeypatch.context() as patch:
-        patch.setattr(tasks.publish, "apply_async", broker_down)
-        tasks.enqueue_publication(publication.pk)  # swallowed and logged, like on_commit after approve()
     start_worker()
-    time.sleep(0.5)  # a worker that is up still has nothing to do: the message never existed
+    with monkeypatch.context() as patch:
+        patch.setattr(enqueue.current_app, "send_task", broker_down)
+        assert enqueue.publication(publication.pk) is False  # swallowed and logged, like on_commit after approve()
     publication.refresh_from_db()
     assert publication.state == S.QUEUED and publication.last_enqueued_at is None
-    assert sandbox_requests() == []
 
     assert sweep_once() == [publication.pk]
     wait_state(publication, S.PUBLISHED)
@@ -228,9 +241,13 @@ def test_two_workers_racing_for_one_publication_send_one_request(start_worker, s
     start_worker()
     publication = approved_publication(service=service, author=author)
     for _ in range(6):  # duplicates, as from a sweep and a redelivery at once
-        tasks.enqueue_publication(publication.pk)
+        enqueue.publication(publication.pk)
     wait_state(publication, S.PUBLISHED)
-    time.sleep(0.5)  # let the duplicate messages drain: they must not send anything
+    workers = list(start_worker.started)
+    wait_for(
+        lambda: sum(w.log_text().count("] succeeded in") for w in workers) >= 6,
+        what="all six messages to be handled",
+    )
 
     assert len(sandbox_requests("POST")) == 1 and len(sandbox_incidents()) == 1
     assert len(sends(publication)) == 1
@@ -268,3 +285,32 @@ def test_an_update_made_directly_on_the_sandbox_is_synced_and_audited_as_drift(
     assert event.changes["title"] == ["Login slow", "Login slow for EU users"]
     assert event.changes["stage"] == ["investigating", "monitoring"]
     assert len(event.changes["updates"][1]) == 2
+
+
+def test_a_worker_refuses_to_start_when_its_soft_time_limit_is_not_below_the_lease(start_worker):
+    # The lease is 5 s here (FAST): a task allowed to run 10 s could outlive it.
+    worker = start_worker("--soft-time-limit=10", wait_ready=False)
+    assert worker.process.wait(timeout=60) != 0
+    assert "refuses to start" in worker.log_text() and "PUBLISH_LEASE_SECONDS" in worker.log_text()
+    assert " ready." not in worker.log_text()
+
+
+def test_a_running_worker_leaves_a_heartbeat_that_healthz_and_the_dashboard_read(
+    start_worker, service, author, approver_user, settings
+):
+    from django.test import Client
+
+    from incidents import heartbeat
+
+    client = Client()
+    assert client.get("/healthz").json()["worker"] == "never seen"
+    worker = start_worker()
+    wait_for(lambda: not heartbeat.status().worker_silent(), what="the worker's heartbeat")
+    assert client.get("/healthz").json()["worker"] == "ok"
+
+    worker.kill()
+    settings.HEARTBEAT_SILENT_AFTER = 0.5
+    wait_for(lambda: heartbeat.status().worker_silent(), what="the heartbeat to go silent")
+    client.force_login(approver_user)
+    page = client.get("/").content.decode()
+    assert 'id="banner-heartbeat"' in page and "No worker is running" in page
