@@ -4,12 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 PYTEST_ARGS ?=
+# make chaos: how many approved changes, and any other arguments of tests/chaos/soak.py (e.g. --seed 7).
+N ?= 300
+CHAOS_ARGS ?=
 
 # The same commands run under docker-compose.yml; keep them in step.
 WORKER_CMD := celery -A isdown_admin worker --loglevel=INFO --queues=publish,default --concurrency=2 --prefetch-multiplier=1
 BEAT_CMD := celery -A isdown_admin beat --loglevel=INFO --schedule=/tmp/isdown-admin-celerybeat-schedule
 
-.PHONY: run test install install-dev preflight migrate seed worker beat lint check-deploy compose-check clean
+.PHONY: run test chaos install install-dev preflight migrate seed worker beat lint check-deploy compose-check clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "isdown-admin needs Python 3.11 or newer")'
@@ -51,6 +54,11 @@ beat: install
 test: install-dev
 	$(PY) -m isdown_admin.preflight
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m pytest --create-db $(PYTEST_ARGS)
+
+## make chaos: the chaos soak (N approved changes under faults, worker kills and a Redis restart), judged on the
+## sandbox's own record. Outside make test (a small one runs there); its own database and Redis, never the shared ones.
+chaos: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m tests.chaos.soak --n $(N) $(CHAOS_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check .

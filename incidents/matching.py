@@ -78,6 +78,9 @@ class Verdict:
     found: isdown.RemoteIncident | None = None
     absent: bool = False
     reason: str = ""
+    # When several exact copies are there: the incidents carrying them (a create), or the incident once per
+    # copy of the update entry (an update). Several copies of one publication's own words are its duplicates.
+    copies: tuple[isdown.RemoteIncident, ...] = ()
 
     @property
     def ambiguous(self) -> bool:
@@ -96,7 +99,10 @@ def judge_create(*, listing: isdown.Listing, effect: Effect, since: datetime, cl
         return Verdict(found=exact[0], reason=f"found incident #{exact[0].id} with the approved words")
     if len(exact) > 1:
         ids = ", ".join(f"#{remote.id}" for remote in exact)
-        return Verdict(reason=f"{len(exact)} incidents carry the approved words since the first attempt: {ids}")
+        return Verdict(
+            reason=f"{len(exact)} incidents carry the approved words since the first attempt: {ids}",
+            copies=tuple(sorted(exact, key=lambda remote: (remote.created_at, remote.id))),
+        )
     if not listing.complete:
         return Verdict(reason=f"not found, but the list could not be read in full ({listing.reason})")
     return Verdict(
@@ -114,7 +120,8 @@ def judge_update(*, remote: isdown.RemoteIncident, effect: Effect, since: dateti
     if effect.posts_an_entry:
         entries = matching_entries(remote, effect, since)
         if len(entries) > 1:
-            return Verdict(reason=f"{len(entries)} identical updates since the first attempt")
+            copies = (remote,) * len(entries) if effect.fields_match(remote) else ()
+            return Verdict(reason=f"{len(entries)} identical updates since the first attempt", copies=copies)
         if len(entries) == 1:
             if effect.fields_match(remote):
                 return Verdict(found=remote, reason=f"found the update of {entries[0].created_at.isoformat()}")

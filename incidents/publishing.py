@@ -14,6 +14,8 @@ lease, next attempt and last error, and records the audit event of every move)::
     failed ──retry──▶ queued        needs_attention ──check again──▶ reconciling, ──send again──▶ queued
     failed, needs_attention ──mark published (verified by GET)──▶ published, ──abandon (reason)──▶ abandoned
     duplicate_detected ──delete the extra incident on IsDown / acknowledge──▶ published
+    queued, retry_wait, failed, needs_attention, abandoned ──an earlier send's effect turns up (a late 2xx, or
+        sync finds it: ``attribute``)──▶ published
 
 Invariants (tested under real faults in tests/publishing/):
 - **Order.** Publications for one IsDown incident go out one at a time, in approval order (id order; approvals
@@ -257,6 +259,9 @@ def _move(
         setattr(publication, name, value)
     publication.state = to
     publication.save()
+    if changing:
+        # Every row lock this move needs is taken before the audit log's lock (held to commit), never after.
+        workflow.follow_publications(draft_id=publication.draft_id)
     if changing or action:
         audit.record(
             action or TRANSITIONS[(before, to)],
@@ -270,7 +275,6 @@ def _move(
         )
     if not changing:
         return
-    workflow.follow_publications(draft_id=publication.draft_id)
     if to in HUMAN_PUBLICATION_STATES:
         notifications.publication_needs_human(publication, reason=publication.last_error or summary)
     if before in UNSETTLED and to not in UNSETTLED and publication.target_remote_id:
@@ -351,7 +355,7 @@ def process(*, publication_id: int, task_id: str = "", client: isdown.IsDownClie
 
 def _lock(publication_id: int, *, skip_locked: bool = False) -> Publication | None:
     return (
-        Publication.objects.select_for_update(skip_locked=skip_locked, of=("self",))
+        Publication.objects.select_for_update(skip_locked=skip_locked, of=("self",), no_key=True)
         .select_related("request", "revision", "revision__review", "draft", "team", "service", "incident")
         .filter(pk=publication_id)
         .first()
@@ -504,7 +508,7 @@ def _locked_claim(claim: _Claim) -> tuple[Publication, PublishAttempt, bool]:
     """Lock the row and the attempt; say whether the claim still owns the row."""
     publication = _lock(claim.publication_id)
     assert publication is not None  # publications are never deleted (PROTECT everywhere)
-    attempt = PublishAttempt.objects.select_for_update().get(pk=claim.attempt_id)
+    attempt = PublishAttempt.objects.select_for_update(no_key=True).get(pk=claim.attempt_id)
     return publication, attempt, publication.attempt_token == claim.token
 
 
@@ -629,6 +633,19 @@ def _retry_or_fail(
     return Step(state=publication.state, run_again_in=countdown_for(delay))
 
 
+def _all_copies_are_ours(publication: Publication, *, copies: int) -> bool:
+    """Several exact copies of our words are all this publication's when it sent at least that many requests
+    that may have landed, and no other publication ever sent the same words."""
+    if _maybe_landed_sends(publication) < copies:
+        return False
+    same_words = Publication.objects.filter(
+        request__body=publication.request.body,
+        target_remote_id=publication.target_remote_id,
+        first_sent_at__isnull=False,
+    )
+    return not same_words.exclude(pk=publication.pk).exists()
+
+
 def _maybe_landed_sends(publication: Publication) -> int:
     return publication.attempt_rows.filter(
         kind=AttemptKind.SEND, outcome__in=[O.PUBLISHED, O.UNKNOWN, O.LOST, O.LATE]
@@ -648,11 +665,13 @@ def _publish(
     """Store what IsDown holds, link it, and move the publication to ``published`` (caller's transaction). When
     more than one send may have landed, a late twin is watched for."""
     if publication.request.method == "POST":
-        incident = Incident.objects.select_for_update().filter(remote_id=remote.id).first()
+        incident = Incident.objects.select_for_update(no_key=True).filter(remote_id=remote.id).first()
         if incident is None:
             incident = Incident(service=publication.service, remote_id=remote.id, title=remote.title)
     else:
-        incident = Incident.objects.select_for_update().get(pk=publication.incident_id or publication.draft.incident_id)
+        incident = Incident.objects.select_for_update(no_key=True).get(
+            pk=publication.incident_id or publication.draft.incident_id
+        )
     mirror.apply_remote(incident=incident, remote=remote, now=now)
     watch: dict[str, Any] = {"watch_until": None, "next_attempt_at": None}
     effect = matching.Effect.of(approved_request(publication))
@@ -783,6 +802,13 @@ def _check(claim: _Claim, client: isdown.IsDownClient) -> Step:
                 how=f"found on IsDown: {verdict.reason}",
             )
             return Step(state=publication.state, run_again_in=_watch_countdown(publication, now))
+        if verdict.copies and _all_copies_are_ours(publication, copies=len(verdict.copies)):
+            # Several of its own sends landed: it is published, and duplicated.
+            own, *extra = verdict.copies
+            _publish(publication, remote=own, now=now, task_id=claim.task_id, how=f"found on IsDown: {verdict.reason}")
+            twins = [remote.id for remote in extra] if claim.creates else [own.id]
+            _duplicate(publication, twin_ids=twins, task_id=claim.task_id, how="more than one of its sends landed")
+            return Step(state=publication.state)
         if verdict.ambiguous:
             _move(
                 publication,
@@ -951,7 +977,7 @@ def sweep(*, task_id: str = "") -> list[tuple[int, float]]:
     moved: list[tuple[int, float]] = []
     with transaction.atomic():
         expired = (
-            Publication.objects.select_for_update(skip_locked=True, of=("self",))
+            Publication.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
             .select_related("team", "draft", "service", "request")
             .filter(lease_expires_at__lt=now, state__in=SCHEDULE_STATES)
         )
@@ -1132,7 +1158,7 @@ def delete_duplicates(
                 error = exc
                 failures.append(f"#{remote_id}: {describe(exc)}")
             with transaction.atomic():
-                row = PublishAttempt.objects.select_for_update().get(pk=attempt.pk)
+                row = PublishAttempt.objects.select_for_update(no_key=True).get(pk=attempt.pk)
                 _complete(row, outcome=O.DELETED if error is None else O.CHECK_FAILED, error=error)
     finally:
         if own_client:
@@ -1192,7 +1218,7 @@ def mark_published(
             client.close()
     problem = _verification_problem(publication=publication, remote=remote, error=error, remote_id=remote_id)
     with transaction.atomic():
-        row = PublishAttempt.objects.select_for_update().get(pk=attempt.pk)
+        row = PublishAttempt.objects.select_for_update(no_key=True).get(pk=attempt.pk)
         _complete(row, outcome=O.VERIFIED if problem is None else O.NOT_VERIFIED, error=error, note=problem or "")
     if problem is not None:
         raise VerificationFailed(problem)
@@ -1238,7 +1264,8 @@ def attribute(*, incident: Incident, remote: isdown.RemoteIncident, task_id: str
     incident row locked. Publications in flight are left to their worker."""
     adopted = []
     pending = (
-        Publication.objects.select_for_update(of=("self",))
+        # A row a worker holds right now is left to it (and waiting for it here could deadlock on the incident).
+        Publication.objects.select_for_update(of=("self",), no_key=True, skip_locked=True)
         .select_related("request", "revision", "draft", "team", "service", "incident")
         .filter(target_remote_id=remote.id, state__in=(S.RETRY_WAIT, S.RECONCILING, S.FAILED, S.NEEDS_ATTENTION))
         .exclude(first_sent_at__isnull=True)

@@ -173,7 +173,7 @@ def _apply_fetch(*, incident_id: int, fetch: _Fetch, fetched_after: datetime, re
     now = timezone.now()
     with transaction.atomic():
         incident = (
-            Incident.objects.select_for_update(of=("self",))
+            Incident.objects.select_for_update(of=("self",), no_key=True)
             .select_related("service__team")
             .filter(pk=incident_id)
             .first()

@@ -106,7 +106,7 @@ def draft_fields(draft: Draft) -> dict[str, str]:
 # --- Helpers ---------------------------------------------------------------------------------------------
 def _locked(draft_id: int) -> Draft:
     return (
-        Draft.objects.select_for_update(of=("self",))
+        Draft.objects.select_for_update(of=("self",), no_key=True)
         .select_related("team", "service", "incident", "author", "last_editor")
         .get(pk=draft_id)
     )
@@ -307,7 +307,7 @@ def _review(
         if decision == ReviewDecision.APPROVE and draft.incident_id is not None:
             # Approvals of one incident take its row in turn, so their publications' ids (the order they are
             # sent in) follow the order the approvals commit.
-            Incident.objects.select_for_update().filter(pk=draft.incident_id).first()
+            Incident.objects.select_for_update(no_key=True).filter(pk=draft.incident_id).first()
         review = Review.objects.create(
             revision=revision,
             reviewer=reviewer,
@@ -401,7 +401,7 @@ def publishing_state(states: set[str]) -> str:
 def follow_publications(*, draft_id: int) -> str | None:
     """Once approved, a draft mirrors its publications. publishing.py calls this inside each move's transaction
     (the move's audit event records it). Returns the draft's new state, or None when it did not change."""
-    draft = Draft.objects.select_for_update().filter(pk=draft_id, state__in=PUBLISHING_DRAFT_STATES).first()
+    draft = Draft.objects.select_for_update(no_key=True).filter(pk=draft_id, state__in=PUBLISHING_DRAFT_STATES).first()
     if draft is None:
         return None
     state = publishing_state(set(draft.publications.values_list("state", flat=True)))

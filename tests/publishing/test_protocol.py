@@ -463,6 +463,53 @@ def test_after_a_resend_a_late_twin_is_detected_audited_and_told(fake_isdown, se
     assert approver.email in Notification.objects.get(kind="publication_duplicate_detected").recipients
 
 
+def test_two_of_its_own_sends_found_at_one_look_are_published_and_a_detected_duplicate(fake_isdown, service, responder):
+    publication = approved_publication(service=service, author=responder)
+    fake_isdown.post("/api/v2/incidents").mock(side_effect=httpx.ReadTimeout("timed out"))
+    lists = fake_isdown.get("/api/v2/incidents")
+    first_landed, second_landed = timezone.now() + timedelta(seconds=1), timezone.now() + timedelta(seconds=2)
+    lists.side_effect = [httpx.Response(200, json=listing())] * 3 + [
+        httpx.Response(
+            200,
+            json=listing(
+                incident_json("55012", created_at=second_landed), incident_json("55011", created_at=first_landed)
+            ),
+        )
+    ]
+    publishing.process(publication_id=publication.pk)  # send 1: unknown
+    for _ in range(3):  # absent at every look: sent again
+        due_now(publication)
+        publishing.process(publication_id=publication.pk)
+    due_now(publication)
+    publishing.process(publication_id=publication.pk)  # send 2: unknown too
+    due_now(publication)
+    publishing.process(publication_id=publication.pk)  # both landed late
+
+    publication.refresh_from_db()
+    assert publication.state == S.DUPLICATE_DETECTED and publication.duplicate_remote_ids == ["55012"]
+    assert publication.remote_id == "55011" and publication.incident.remote_id == "55011"
+    assert Notification.objects.filter(kind="publication_duplicate_detected").exists()
+
+
+def test_two_copies_of_words_another_publication_also_sent_stay_ambiguous(fake_isdown, service, responder):
+    publication = approved_publication(service=service, author=responder)
+    other = approved_publication(service=service, author=responder)  # the very same words, approved twice
+    Publication.objects.filter(pk=other.pk).update(first_sent_at=timezone.now())
+    fake_isdown.post("/api/v2/incidents").mock(side_effect=httpx.ReadTimeout("timed out"))
+    fake_isdown.get("/api/v2/incidents").respond(200, json=listing(incident_json("55012"), incident_json("55011")))
+    publishing.process(publication_id=publication.pk)
+    Publication.objects.filter(pk=publication.pk).update(attempts=2)
+    publication.attempt_rows.update(outcome=O.UNKNOWN)
+    publishing.PublishAttempt.objects.create(
+        publication=publication, number=9, kind=AttemptKind.SEND, started_at=timezone.now(), outcome=O.UNKNOWN
+    )
+    due_now(publication)
+    publishing.process(publication_id=publication.pk)
+
+    publication.refresh_from_db()
+    assert publication.state == S.NEEDS_ATTENTION
+
+
 def test_a_watch_that_finds_no_twin_ends_after_its_last_look(fake_isdown, service, responder, settings):
     publication = approved_publication(service=service, author=responder)
     _resent_and_published(fake_isdown, publication)
