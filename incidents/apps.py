@@ -6,5 +6,5 @@ class IncidentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Django's auth signals are the only signals we use: to audit logins, logouts and failures.
-        from . import auth_audit  # noqa: F401
+        # Signals are used only to audit what Django owns: sign-ins, lockouts, users, groups, permissions, passwords.
+        from . import auth_audit, checks  # noqa: F401

@@ -9,7 +9,12 @@ from . import access
 
 def navigation(request) -> dict[str, object]:
     user = getattr(request, "user", None)
-    context: dict[str, object] = {"sandbox_mode": not settings.ISDOWN_API_KEY}
+    context: dict[str, object] = {
+        # Whenever the sandbox is mounted or published to, every page says so.
+        "sandbox_mode": settings.PUBLISHES_TO_SANDBOX,
+        "sandbox_mounted": settings.SANDBOX_ENABLED,
+        "isdown_api_url": settings.ISDOWN_API_URL,
+    }
     if user is None or not user.is_authenticated:
         return context
     context["my_memberships"] = list(access.memberships(user))

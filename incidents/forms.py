@@ -1,10 +1,14 @@
-"""Forms validate input; they change nothing (workflow.py does)."""
+"""Forms validate input; they change nothing (workflow.py does). Every field is bounded (a length, a range),
+so no input reaches the database it cannot hold."""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
 
 from . import access
 from .models import (
@@ -18,6 +22,40 @@ from .models import (
     Severity,
     Stage,
 )
+
+# Ids and versions are PostgreSQL bigints at most: a larger number names nothing.
+ID_MAX = 2**63 - 1
+# A password longer than this is not one anyone types; hashing megabytes would be work for an attacker to order.
+PASSWORD_MAX_LENGTH = 4096
+ONE_LINE_MESSAGE = "A title is one line: remove the line breaks (and any other control characters)."
+
+
+def _is_one_line(text: str) -> bool:
+    """No line or paragraph break of any kind (what ``str.splitlines`` splits on) and no other control character:
+    a title goes into email subjects and single-line headings."""
+    return not any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in text)
+
+
+class BoundedLoginMixin:
+    """Django's sign-in forms with their lengths enforced. Django sets the username's max_length after the field
+    is built, so it is never checked: an over-long name reached authentication, and django-axes' 255-character
+    column (a 500). Here a username longer than any user's, or an absurd password, is a failed sign-in like any
+    other (the same message, so it tells nothing), without anything being authenticated or recorded."""
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username") or ""
+        password = self.cleaned_data.get("password") or ""
+        if len(username) > self.fields["username"].max_length or len(password) > PASSWORD_MAX_LENGTH:
+            raise self.get_invalid_login_error()
+        return super().clean()
+
+
+class LoginForm(BoundedLoginMixin, AuthenticationForm):
+    """The sign-in page's form (``LoginView(authentication_form=LoginForm)``)."""
+
+
+class AdminLoginForm(BoundedLoginMixin, AdminAuthenticationForm):
+    """The admin's sign-in form (``admin.site.login_form``)."""
 
 
 class DraftForm(forms.Form):
@@ -55,6 +93,12 @@ class DraftForm(forms.Form):
         self.fields["title"].widget.attrs["maxlength"] = TITLE_MAX_LENGTH
         self.fields["description"].widget.attrs.update({"maxlength": DESCRIPTION_MAX_LENGTH, "rows": 8})
 
+    def clean_title(self) -> str:
+        title = self.cleaned_data["title"]
+        if not _is_one_line(title):
+            raise forms.ValidationError(ONE_LINE_MESSAGE, code="multiline")
+        return title
+
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         if self.kind == DraftKind.UPDATE:
@@ -82,7 +126,7 @@ class DraftForm(forms.Form):
 
 class ReviewForm(forms.Form):
     decision = forms.ChoiceField(choices=ReviewDecision.choices)
-    revision = forms.IntegerField(widget=forms.HiddenInput)
+    revision = forms.IntegerField(widget=forms.HiddenInput, min_value=1, max_value=ID_MAX)
     # The SHA-256 the reviewer was shown: an approval binds to it.
     sha256 = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
     comment = forms.CharField(

@@ -8,6 +8,7 @@ publishing.py and sync.py; nothing happens in save() or in signals.
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import F, Q
 
@@ -174,6 +175,8 @@ class Draft(models.Model):
     state = models.CharField(max_length=20, choices=DraftState.choices, default=DraftState.DRAFT, db_index=True)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     last_editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # Everyone who ever saved a version of it (the author first): all co-authors, none of whom may review it.
+    editors = ArrayField(models.BigIntegerField(), default=list)
     version = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -211,6 +214,8 @@ class Revision(models.Model):
     sha256 = models.CharField(max_length=64)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     last_editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # The draft's editors when it was submitted, sorted: its co-authors for the four-eyes rule.
+    editors = ArrayField(models.BigIntegerField(), default=list)
     submitted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -218,8 +223,9 @@ class Revision(models.Model):
         ordering = ["draft", "number"]
         constraints = [
             models.UniqueConstraint(fields=["draft", "number"], name="revision_number_unique"),
-            # Target of Review's composite foreign key (see migration 0002).
+            # Targets of Review's composite foreign keys (migrations 0002 and 0006).
             models.UniqueConstraint(fields=["id", "author", "last_editor"], name="revision_id_author_editor"),
+            models.UniqueConstraint(fields=["id", "editors"], name="revision_id_editors"),
         ]
 
     def __str__(self) -> str:
@@ -263,14 +269,16 @@ class ReviewDecision(models.TextChoices):
 class Review(models.Model):
     """One decision on one revision.
 
-    The revision's author and last editor are copied here so a CHECK constraint can enforce four eyes; a
-    composite foreign key (migration 0002) makes sure the copies match the revision.
+    The revision's author, last editor and every editor are copied here so CHECK constraints can enforce four
+    eyes (migration 0006: the reviewer is none of them); composite foreign keys (migrations 0002 and 0006) make
+    sure the copies match the revision.
     """
 
     revision = models.OneToOneField(Revision, on_delete=models.PROTECT, related_name="review")
     reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     revision_author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     revision_last_editor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    revision_editors = ArrayField(models.BigIntegerField(), default=list)
     decision = models.CharField(max_length=20, choices=ReviewDecision.choices)
     comment = models.TextField(blank=True, max_length=COMMENT_MAX_LENGTH)
     # The revision's SHA-256 as the reviewer saw it: what an approval approves.

@@ -74,7 +74,9 @@ def queue(
 # --- What is told --------------------------------------------------------------------------------------------
 def revision_submitted(revision: Revision) -> Notification | None:
     draft = revision.draft
-    approvers = team_approvers(draft.team).exclude(pk__in=[revision.author_id, revision.last_editor_id])
+    approvers = team_approvers(draft.team).exclude(
+        pk__in=[revision.author_id, revision.last_editor_id, *revision.editors]
+    )
     return queue(
         kind="review_needed",
         team=draft.team,

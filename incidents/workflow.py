@@ -144,6 +144,7 @@ def create(*, user, service: Service, kind: str, fields: dict[str, str], inciden
             kind=kind,
             author=user,
             last_editor=user,
+            editors=[user.pk],
             **{name: fields.get(name, "") for name in DRAFT_FIELDS},
         )
         _audit(
@@ -167,8 +168,10 @@ def save(*, draft_id: int, user, expected_version: int, fields: dict[str, str]) 
         before = draft_fields(draft)
         new = {name: fields.get(name, "") for name in DRAFT_FIELDS}
         # The conditional UPDATE is the optimistic lock; the row lock above makes the check race-free too.
+        # Whoever saves a version is a co-author from now on, for good (four eyes over every editor).
+        editors = draft.editors if user.pk in draft.editors else [*draft.editors, user.pk]
         updated = Draft.objects.filter(pk=draft.pk, version=expected_version).update(
-            **new, last_editor=user, version=F("version") + 1
+            **new, last_editor=user, editors=editors, version=F("version") + 1
         )
         if not updated:
             raise EditConflict(_locked(draft_id))
@@ -201,6 +204,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             ),
             author=draft.author,
             last_editor=draft.last_editor,
+            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id}),
             submitted_by=user,
         )
         RevisionRequest.objects.bulk_create(
@@ -300,8 +304,8 @@ def _review(
             raise StaleRevision("This revision is no longer the one in review; reload to see the current one.")
         if decision == ReviewDecision.APPROVE and sha256 != revision.sha256:
             raise StaleRevision("The request you reviewed is not the one in review (its SHA-256 differs); reload.")
-        if reviewer.pk in (revision.author_id, revision.last_editor_id):
-            raise NotAllowed(f"You cannot {verb} a revision you wrote or last edited: someone else must review it.")
+        if reviewer.pk in revision.editors or reviewer.pk in (revision.author_id, revision.last_editor_id):
+            raise NotAllowed(f"You cannot {verb} a draft you wrote or edited: someone else must review it.")
         if decision != ReviewDecision.APPROVE and not comment:
             raise NotAllowed("Say what needs to change: a comment is required.")
         if decision == ReviewDecision.APPROVE and draft.incident_id is not None:
@@ -313,6 +317,7 @@ def _review(
             reviewer=reviewer,
             revision_author_id=revision.author_id,
             revision_last_editor_id=revision.last_editor_id,
+            revision_editors=revision.editors,
             decision=decision,
             comment=comment,
             sha256=revision.sha256 if decision == ReviewDecision.APPROVE else "",

@@ -6,6 +6,7 @@ with an ImproperlyConfigured that names the variable. See README.md for the tabl
 
 from __future__ import annotations
 
+import hmac
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -125,7 +126,8 @@ def email_settings(url: str) -> dict[str, object]:
 
 
 # --- Core -----------------------------------------------------------------------------------------------
-DEBUG = env_bool("DEBUG", True)
+# Production is the default: development mode (DEBUG, the sandbox, demo data) only when asked for (make run does).
+DEBUG = env_bool("DEBUG", False)
 _DEV_SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production-0123456789"
 SECRET_KEY = os.environ.get("SECRET_KEY") or ""
 if not SECRET_KEY:
@@ -142,7 +144,7 @@ for _origin in CSRF_TRUSTED_ORIGINS:
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "incidents.admin_site.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -170,6 +172,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "incidents.middleware.NoStoreForSignedInMiddleware",
+    # After auth, messages and htmx: it signs idle sessions out (polling is not activity).
+    "incidents.middleware.SessionIdleTimeoutMiddleware",
     # axes must come last: it turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -194,7 +199,10 @@ TEMPLATES = [
 ]
 
 # --- Database and Redis -----------------------------------------------------------------------------------
-DATABASE_URL = env_url("DATABASE_URL", "postgres://root@127.0.0.1:5432/isdown_admin", {"postgres", "postgresql"})
+# The app's own role (least privilege); migrations run with the owner's URL instead (make migrate, compose).
+DATABASE_URL = env_url("DATABASE_URL", "postgres://isdown_app@127.0.0.1:5432/isdown_admin", {"postgres", "postgresql"})
+# The role the owner grants the app's privileges to when it migrates (migration 0005, manage.py grant_app_role).
+DATABASE_APP_ROLE = env_str("DATABASE_APP_ROLE", "isdown_app")
 try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 except ValueError as exc:
@@ -213,7 +221,7 @@ LOGIN_REDIRECT_URL = "incidents:dashboard"
 LOGOUT_REDIRECT_URL = "login"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -223,9 +231,17 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
-AXES_IPWARE_PROXY_COUNT = env_int("PROXY_COUNT", 0)
+# A lockout lasts 15 minutes from the failure that locked, however often the door is tried meanwhile (those
+# tries are refused and not counted, and the audit log gets one event per lockout).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Reverse proxies in front of the app: the client is the PROXY_COUNT-th address from the right of
+# X-Forwarded-For (django-ipware parses it); with 0 the header is never read. Lockouts and the audit log agree.
+PROXY_COUNT = env_int("PROXY_COUNT", 0)
+AXES_CLIENT_IP_CALLABLE = "incidents.middleware.client_ip"
 
-SESSION_COOKIE_AGE = 8 * 60 * 60
+SESSION_COOKIE_AGE = 8 * 60 * 60  # from sign-in, however active (incidents.middleware.SessionIdleTimeoutMiddleware)
+# Seconds without activity before a session is signed out; background polling is not activity.
+SESSION_IDLE_TIMEOUT = env_int("SESSION_IDLE_TIMEOUT", 30 * 60, minimum=60)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
@@ -263,7 +279,7 @@ CONTENT_SECURITY_POLICY = {
 
 # --- Static files -----------------------------------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -287,15 +303,27 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 # --- IsDown and the sandbox -------------------------------------------------------------------------------
 ISDOWN_API_KEY = os.environ.get("ISDOWN_API_KEY") or ""
-# The sandbox emulates IsDown; it is mounted when no real key is configured, unless said otherwise.
-SANDBOX_ENABLED = env_bool("SANDBOX_ENABLED", not ISDOWN_API_KEY)
-SANDBOX_API_KEY = env_str("SANDBOX_API_KEY", "sandbox-key")
+if not DEBUG and not ISDOWN_API_KEY:
+    raise ImproperlyConfigured(
+        "ISDOWN_API_KEY must be set when DEBUG is off: production publishes to IsDown, never to the sandbox"
+    )
+# The sandbox emulates IsDown for development. It is decided here, from the environment (the test runner turns
+# settings.DEBUG off later, and the tests still need it), and it never runs in production.
+SANDBOX_ENABLED = env_bool("SANDBOX_ENABLED", DEBUG and not ISDOWN_API_KEY)
+if SANDBOX_ENABLED and not DEBUG:
+    raise ImproperlyConfigured("SANDBOX_ENABLED needs DEBUG=1: the IsDown sandbox is for development only")
+# Not a published default: anyone who knows the key can write to the sandbox's incidents.
+SANDBOX_API_KEY = env_str(
+    "SANDBOX_API_KEY", hmac.new(SECRET_KEY.encode(), b"isdown-admin sandbox api key", "sha256").hexdigest()[:32]
+)
 # The sandbox's list call answers this many incidents a page (IsDown's pagination is undocumented).
 SANDBOX_PAGE_SIZE = env_int("SANDBOX_PAGE_SIZE", 25, minimum=1)
 _isdown_default = f"{SITE_URL}/sandbox" if not ISDOWN_API_KEY else "https://isdown.app"
 ISDOWN_API_URL = env_url("ISDOWN_API_URL", _isdown_default, {"http", "https"}).rstrip("/")
-if not DEBUG and ISDOWN_API_KEY and not ISDOWN_API_URL.startswith("https://"):
-    raise ImproperlyConfigured("ISDOWN_API_URL must use https:// when DEBUG is off and ISDOWN_API_KEY is set")
+if not DEBUG and not ISDOWN_API_URL.startswith("https://"):
+    raise ImproperlyConfigured("ISDOWN_API_URL must use https:// when DEBUG is off")
+# Whether the app publishes to its own sandbox (every page then says so).
+PUBLISHES_TO_SANDBOX = not ISDOWN_API_KEY
 # The whole of one IsDown call, DNS included: a call that has not started when it runs out is never started.
 ISDOWN_TIMEOUT = env_float("ISDOWN_TIMEOUT", 10.0, minimum=0.1)
 # The key the client sends: the real one, or the sandbox's when we are talking to the sandbox.
@@ -362,6 +390,9 @@ CELERY_BEAT_SCHEDULE = {
     "deliver-notifications": {"task": "incidents.tasks.deliver_notifications", "schedule": max(SWEEP_INTERVAL, 5.0)},
     "sync-open-incidents": {"task": "incidents.tasks.sync_open_incidents", "schedule": SYNC_INTERVAL},
 }
+
+# Error pages and error emails never show secrets or *_URL values (they carry passwords).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "isdown_admin.errors.SecretsFilter"
 
 # --- Logging ----------------------------------------------------------------------------------------------
 LOGGING = {

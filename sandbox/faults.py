@@ -13,12 +13,16 @@ Kinds, and whether the request is processed (the incident created or changed):
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+
+from incidents import audit
 
 from .models import FaultKind, SandboxFault
 
@@ -42,8 +46,23 @@ REASONS = {
 }
 
 
+# The bounds of what a fault may ask for. The control page and the command both go through add_fault (the admin
+# only reads faults), so these are the only limits.
+COUNT_MAX = 1000
+RETRY_AFTER_MAX = 86_400  # a day
+LATENCY_MS_MAX = 600_000  # ten minutes
+HANG_SECONDS_MAX = 600.0
+METHODS = ("GET", "POST", "PATCH", "DELETE")
+# Who queued a fault when the caller names no one (a test, the chaos soak): the audit log says so.
+SYSTEM_ACTOR = "system:sandbox"
+
+
 class FaultError(ValueError):
-    """A fault that cannot be set as asked (the message says why)."""
+    """A fault that cannot be set as asked (the message says why; ``field`` names the argument at fault)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,12 @@ class TakenFault:
     hang_seconds: float | None = None
 
 
+def _whole(value: object, name: str, field: str, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FaultError(f"{name} must be a whole number from {low} to {high}", field)
+    return value
+
+
 def add_fault(
     *,
     kind: str,
@@ -67,44 +92,74 @@ def add_fault(
     retry_after: int | None = None,
     latency_ms: int | None = None,
     hang_seconds: float | None = None,
+    actor: Any = None,
+    actor_label: str | None = None,
 ) -> SandboxFault:
-    """Queue a fault for the next ``count`` requests (of ``method``, or any). Raises FaultError if incoherent."""
+    """Queue a fault for the next ``count`` requests (of ``method``, or any), and audit who queued it, in one
+    transaction. The one place that decides what a fault may be: raises FaultError if incoherent or out of
+    bounds. Arguments that do not belong to ``kind`` are ignored, except ``retry_after`` (a status fault's)."""
     if kind not in FaultKind.values:
-        raise FaultError(f"unknown fault kind {kind!r}")
-    if count < 1:
-        raise FaultError("count must be at least 1")
-    method = method.strip().upper()
-    if method and method not in {"GET", "POST", "PATCH", "DELETE"}:
-        raise FaultError("method must be GET, POST, PATCH or DELETE (or empty for any)")
+        raise FaultError(f"unknown fault kind {kind!r}", "kind")
+    count = _whole(count, "count", "count", low=1, high=COUNT_MAX)
+    method = (method or "").strip().upper()
+    if method and method not in METHODS:
+        raise FaultError("method must be GET, POST, PATCH or DELETE (or empty for any)", "method")
     if kind == FaultKind.STATUS:
-        if status is None or not 400 <= status <= 599:
-            raise FaultError("a status fault needs a status between 400 and 599")
+        if status is None:
+            raise FaultError("a status fault needs a status between 400 and 599", "status")
+        status = _whole(status, "status", "status", low=400, high=599)
         if status == 429 and retry_after is None:
             retry_after = DEFAULT_RETRY_AFTER_429
     elif retry_after is not None:
-        raise FaultError("--retry-after only goes with a status fault")
-    if retry_after is not None and retry_after < 0:
-        raise FaultError("retry-after must not be negative")
-    if kind == FaultKind.LATENCY and (latency_ms is None or latency_ms < 0):
-        raise FaultError("a latency fault needs a latency in ms (0 or more)")
+        raise FaultError("--retry-after only goes with a status fault", "retry_after")
+    if retry_after is not None:
+        retry_after = _whole(retry_after, "retry-after", "retry_after", low=0, high=RETRY_AFTER_MAX)
+    if kind == FaultKind.LATENCY:
+        if latency_ms is None:
+            raise FaultError("a latency fault needs a latency in ms (0 or more)", "latency_ms")
+        latency_ms = _whole(latency_ms, "latency (ms)", "latency_ms", low=0, high=LATENCY_MS_MAX)
     if kind == FaultKind.HANG:
         hang_seconds = DEFAULT_HANG_SECONDS if hang_seconds is None else hang_seconds
-        if hang_seconds <= 0:
-            raise FaultError("hang seconds must be positive")
-    return SandboxFault.objects.create(
-        kind=kind,
-        remaining=count,
-        method=method,
-        status=status if kind == FaultKind.STATUS else None,
-        retry_after=retry_after,
-        latency_ms=latency_ms if kind == FaultKind.LATENCY else None,
-        hang_seconds=hang_seconds if kind == FaultKind.HANG else None,
-    )
+        if not isinstance(hang_seconds, (int, float)) or not math.isfinite(hang_seconds) or hang_seconds <= 0:
+            raise FaultError("hang seconds must be positive", "hang_seconds")
+        if hang_seconds > HANG_SECONDS_MAX:
+            raise FaultError(f"hang seconds must be at most {HANG_SECONDS_MAX:g}", "hang_seconds")
+    with transaction.atomic():
+        fault = SandboxFault.objects.create(
+            kind=kind,
+            remaining=count,
+            method=method,
+            status=status if kind == FaultKind.STATUS else None,
+            retry_after=retry_after,
+            latency_ms=latency_ms if kind == FaultKind.LATENCY else None,
+            hang_seconds=float(hang_seconds) if kind == FaultKind.HANG else None,
+        )
+        # Team-less: a fault stalls every team's publishing, so only staff read it in the audit log.
+        audit.record(
+            "sandbox.fault_added",
+            actor=actor,
+            actor_label=None if actor is not None else (actor_label or SYSTEM_ACTOR),
+            target=fault,
+            target_label=str(fault),
+            summary=f"Queued a sandbox fault: {fault}",
+            context={"fault": {"kind": kind, "count": count, "method": method, "label": fault.label}},
+        )
+    return fault
 
 
-def clear_faults() -> int:
-    """Remove every queued fault; returns how many there were."""
-    deleted, _ = SandboxFault.objects.all().delete()
+def clear_faults(*, actor: Any = None, actor_label: str | None = None) -> int:
+    """Remove every queued fault and audit it, in one transaction; returns how many there were."""
+    with transaction.atomic():
+        deleted, _ = SandboxFault.objects.all().delete()
+        audit.record(
+            "sandbox.faults_cleared",
+            actor=actor,
+            actor_label=None if actor is not None else (actor_label or SYSTEM_ACTOR),
+            target_type="sandboxfault",
+            target_label="Sandbox faults",
+            summary=f"Cleared {deleted} sandbox fault(s)",
+            context={"cleared": deleted},
+        )
     return deleted
 
 

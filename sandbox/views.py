@@ -1,4 +1,4 @@
-"""Sandbox views: the emulated IsDown API, the staff control page, and the public status page.
+"""Sandbox views: the emulated IsDown API, the superusers' control page, and the public status page.
 
 The API views take no session and no CSRF token: the bearer key is the only credential, as on IsDown.
 Every API request, whatever its fate, is written to the request log (never its headers).
@@ -53,7 +53,10 @@ def _authenticated(request: HttpRequest) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     expected = settings.SANDBOX_API_KEY
-    return scheme.lower() == "bearer" and bool(expected) and hmac.compare_digest(token.strip(), expected)
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters, and a header can carry any byte
+    # (WSGI hands them over as latin-1 text, so every character encodes).
+    given = token.strip().encode("utf-8", errors="surrogatepass")
+    return scheme.lower() == "bearer" and bool(expected) and hmac.compare_digest(given, expected.encode())
 
 
 def sandbox_api(view: Handler) -> Handler:
@@ -138,25 +141,25 @@ def api_unknown(request: HttpRequest, body: bytes, rest: str) -> HttpResponse:
 
 
 # --- Pages ------------------------------------------------------------------------------------------------
-def _require_staff(request: HttpRequest) -> None:
-    # LoginRequiredMiddleware has already sent anonymous users to the login page.
-    if not request.user.is_staff:
-        raise PermissionDenied("The sandbox control page is for staff only.")
+def _require_superuser(request: HttpRequest) -> None:
+    # LoginRequiredMiddleware has already sent anonymous users to the login page. Superusers only: the request log
+    # holds every team's bodies, and a fault stalls every team's publishing.
+    if not request.user.is_superuser:
+        raise PermissionDenied("The sandbox control page is for superusers only: it shows every team's requests.")
 
 
 @require_http_methods(["GET", "POST"])
 def control(request: HttpRequest) -> HttpResponse:
-    """Staff only: queue and clear faults, read the request log, find the status pages."""
-    _require_staff(request)
+    """Superusers only: queue and clear faults (both audited), read the request log, find the status pages."""
+    _require_superuser(request)
     form = FaultForm()
     if request.method == "POST":
         if "clear" in request.POST:
-            cleared = faults.clear_faults()
+            cleared = faults.clear_faults(actor=request.user)
             messages.success(request, f"Cleared {cleared} fault(s).")
             return redirect("sandbox:control")
         form = FaultForm(request.POST)
-        if form.is_valid():
-            fault = form.save()
+        if form.is_valid() and (fault := form.save(actor=request.user)) is not None:
             messages.success(request, f"Queued: {fault}.")
             return redirect("sandbox:control")
     context = {

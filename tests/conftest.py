@@ -2,17 +2,131 @@
 
 Platform team: `responder`, `approver`, `approver2`, `auditor`; its services API (1001) and Dashboard (1002).
 Data team: `outsider` (a responder there), service Pipeline (2001). `staff` is a Django staff user.
+
+The database roles are production's: the owner (DATABASE_OWNER_URL) creates, migrates, flushes and drops the
+test database; every test runs as the app's least-privilege role (DATABASE_URL). A test that must go around the
+audit log's protections says so and uses ``admin_db`` (a superuser) or the owner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import psycopg
 import pytest
-from django.test import Client
+from django.db import connections
+from django.test import Client, TransactionTestCase
+from pytest_django.fixtures import _disable_migrations, _get_databases_for_setup
 
 from incidents import enqueue
 from incidents.models import Role
+from isdown_admin import preflight
 
 from .factories import PASSWORD, MembershipFactory, ServiceFactory, TeamFactory, UserFactory
+
+APP_URL, OWNER_URL, ADMIN_URL = preflight.urls()
+
+
+def use_role(url: str) -> None:
+    """Point the default connection at another role of the same database (the next query reconnects)."""
+    connection = connections["default"]
+    connection.close()
+    role = preflight.params(url)
+    connection.settings_dict["USER"] = role["user"]
+    connection.settings_dict["PASSWORD"] = role["password"] or ""
+
+
+@contextmanager
+def as_owner() -> Iterator[None]:
+    use_role(OWNER_URL)
+    try:
+        yield
+    finally:
+        use_role(APP_URL)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    request,
+    django_test_environment,
+    django_db_blocker,
+    django_db_use_migrations,
+    django_db_keepdb,
+    django_db_createdb,
+    django_db_modify_db_settings,
+):
+    """pytest-django's set-up, as the owner; then every test runs as the app's role."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    if not django_db_use_migrations:
+        _disable_migrations()
+    keep = {"keepdb": True} if django_db_keepdb and not django_db_createdb else {}
+    aliases, serialized_aliases = _get_databases_for_setup(request.session.items)
+    with django_db_blocker.unblock():
+        use_role(OWNER_URL)
+        config = setup_databases(
+            verbosity=request.config.option.verbose,
+            interactive=False,
+            aliases=aliases,
+            serialized_aliases=serialized_aliases,
+            **keep,
+        )
+        use_role(APP_URL)
+    yield
+    with django_db_blocker.unblock():
+        use_role(OWNER_URL)
+        if not django_db_keepdb:
+            teardown_databases(config, verbosity=request.config.option.verbose)
+
+
+def tamper_as_owner(sql: str, params: list) -> None:
+    """Change audit rows as only the table's owner can: switch the append-only trigger off, change, switch it
+    back on. Committed: call it from transactional tests only."""
+    with as_owner(), connections["default"].cursor() as cursor:
+        cursor.execute("ALTER TABLE incidents_auditevent DISABLE TRIGGER incidents_auditevent_append_only")
+        try:
+            cursor.execute(sql, params)
+        finally:
+            cursor.execute("ALTER TABLE incidents_auditevent ENABLE TRIGGER incidents_auditevent_append_only")
+
+
+_flush = TransactionTestCase._fixture_teardown
+
+
+def _flush_as_owner(self) -> None:
+    """Transactional tests end with a flush: only the owner may empty the audit table, and only with its
+    TRUNCATE trigger switched off for the moment (the one place the tests go around it)."""
+    with as_owner():
+        with connections["default"].cursor() as cursor:
+            cursor.execute("ALTER TABLE incidents_auditevent DISABLE TRIGGER incidents_auditevent_no_truncate")
+        try:
+            _flush(self)
+        finally:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("ALTER TABLE incidents_auditevent ENABLE TRIGGER incidents_auditevent_no_truncate")
+
+
+TransactionTestCase._fixture_teardown = _flush_as_owner
+
+
+@pytest.fixture
+def admin_db(transactional_db) -> Callable[..., psycopg.Connection]:
+    """``admin_db()``: a superuser's connection to the test database, for tests that must show what only a
+    superuser (or the owner) can do to it."""
+    opened: list[psycopg.Connection] = []
+
+    def connect(*, autocommit: bool = True) -> psycopg.Connection:
+        connection = psycopg.connect(
+            **{**preflight.params(ADMIN_URL), "dbname": connections["default"].settings_dict["NAME"]},
+            autocommit=autocommit,
+        )
+        opened.append(connection)
+        return connection
+
+    yield connect
+    for connection in opened:
+        connection.close()
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from django.db import DatabaseError, connection, transaction
 from incidents import audit
 from incidents.models import AuditEvent
 
+from .conftest import as_owner, tamper_as_owner
+
 THREADS = 4
 EVENTS_PER_THREAD = 50
 
@@ -23,11 +25,8 @@ def _record_many(count: int, label: str = "t") -> list[AuditEvent]:
 
 
 def _tamper(sql: str, params: list) -> None:
-    """Change a row behind the trigger's back, inside the test's transaction (rolled back afterwards)."""
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE incidents_auditevent DISABLE TRIGGER incidents_auditevent_append_only")
-        cursor.execute(sql, params)
-        cursor.execute("ALTER TABLE incidents_auditevent ENABLE TRIGGER incidents_auditevent_append_only")
+    """Change a row behind the trigger's back, as only the table's owner can (the app's role cannot)."""
+    tamper_as_owner(sql, params)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -63,20 +62,27 @@ def test_concurrent_appends_are_gap_free_and_chain_verifies():
     assert result.head == AuditEvent.objects.get(seq=THREADS * EVENTS_PER_THREAD).hash
 
 
-@pytest.mark.django_db
-def test_database_refuses_update_of_an_audit_row():
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE incidents_auditevent SET summary = 'rewritten' WHERE seq = %s",
+        "DELETE FROM incidents_auditevent WHERE seq = %s",
+    ],
+)
+def test_database_refuses_update_or_delete_of_an_audit_row_to_the_app_and_to_the_owner(sql):
     event = _record_many(1)[0]
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("UPDATE incidents_auditevent SET summary = 'rewritten' WHERE seq = %s", [event.seq])
+    # The app's role has no such privilege; the owner has, and the trigger refuses it.
+    with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, [event.seq])
+    with (
+        as_owner(),
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(sql, [event.seq])
     assert AuditEvent.objects.get(seq=event.seq).summary == event.summary
-
-
-@pytest.mark.django_db
-def test_database_refuses_delete_of_an_audit_row():
-    event = _record_many(1)[0]
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("DELETE FROM incidents_auditevent WHERE seq = %s", [event.seq])
-    assert AuditEvent.objects.filter(seq=event.seq).exists()
 
 
 @pytest.mark.django_db
@@ -104,7 +110,7 @@ def test_verify_audit_log_on_an_empty_table_is_ok():
     assert out.getvalue().strip() == f"OK: 0 events, head {audit.GENESIS_HASH}"
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_verify_audit_log_names_the_seq_of_a_rewritten_summary():
     _record_many(5)
     _tamper("UPDATE incidents_auditevent SET summary = 'nothing happened' WHERE seq = %s", [3])
@@ -115,7 +121,7 @@ def test_verify_audit_log_names_the_seq_of_a_rewritten_summary():
     assert "content does not match its hash" in str(failure.value)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_verify_audit_log_names_a_broken_prev_hash_link():
     _record_many(5)
     # The row's own hash is recomputed over the forged link, so only the link itself betrays it.
@@ -133,7 +139,7 @@ def test_verify_audit_log_names_a_broken_prev_hash_link():
     assert "prev_hash" in str(failure.value)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_verify_audit_log_names_a_deleted_row_as_missing():
     _record_many(5)
     _tamper("DELETE FROM incidents_auditevent WHERE seq = %s", [2])
@@ -143,7 +149,7 @@ def test_verify_audit_log_names_a_deleted_row_as_missing():
     assert "missing" in str(failure.value)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_verify_chain_reports_the_last_good_head_when_broken():
     events = _record_many(4)
     _tamper("UPDATE incidents_auditevent SET action = 'test.forged' WHERE seq = %s", [4])

@@ -270,7 +270,7 @@ def test_author_who_is_approver_sees_why_and_the_server_refuses(api_service, app
     assert b"you cannot review it" in response.content
     assert b">Approve</button>" not in response.content
     response = client.post(f"/drafts/{draft.pk}/review/", approve_post(revision), follow=True)
-    assert b"You cannot approve a revision you wrote" in response.content
+    assert b"You cannot approve a draft you wrote or edited" in response.content
     draft.refresh_from_db()
     assert draft.state == DraftState.IN_REVIEW
 

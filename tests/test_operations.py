@@ -61,7 +61,7 @@ def test_check_deploy_warns_in_development_settings():
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable, value):
-    result = manage("check", env={variable: value})
+    result = manage("check", env={"DEBUG": "1", variable: value})
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert variable in result.stderr

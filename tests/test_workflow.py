@@ -351,25 +351,29 @@ def test_update_of_an_unpublished_incident_is_refused(responder, api_service):
 
 REVIEW_INSERT = (
     "INSERT INTO incidents_review (revision_id, reviewer_id, revision_author_id, revision_last_editor_id,"
-    " decision, comment, sha256, created_at) VALUES (%s, %s, %s, %s, 'approve', '', %s, now())"
+    " revision_editors, decision, comment, sha256, created_at)"
+    " VALUES (%s, %s, %s, %s, (SELECT editors FROM incidents_revision WHERE id = %s), 'approve', '', %s, now())"
 )
 
 
 def test_the_database_refuses_a_self_review_even_from_raw_sql(submitted, responder):
     with pytest.raises(IntegrityError, match="review_four_eyes"), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(REVIEW_INSERT, [submitted.pk, responder.pk, responder.pk, responder.pk, submitted.sha256])
+        cursor.execute(
+            REVIEW_INSERT, [submitted.pk, responder.pk, responder.pk, responder.pk, submitted.pk, submitted.sha256]
+        )
     assert not Review.objects.exists()
 
 
 def test_the_database_refuses_a_review_that_lies_about_the_author(submitted, responder, approver):
-    # Claim the approver is not the author by writing someone else into the copied columns.
+    # Claim the approver is not the author by writing someone else into every copied column.
+    lying = REVIEW_INSERT.replace("(SELECT editors FROM incidents_revision WHERE id = %s)", "ARRAY[%s]::bigint[]")
     with (
-        pytest.raises(IntegrityError, match="review_matches_revision_author_editor"),
+        pytest.raises(IntegrityError, match=r"review_matches_revision_(author_editor|editors)"),
         transaction.atomic(),
         connection.cursor() as cursor,
     ):
-        cursor.execute(REVIEW_INSERT, [submitted.pk, responder.pk, approver.pk, approver.pk, submitted.sha256])
-        # The composite foreign key is deferred; make it check now, as a commit would.
+        cursor.execute(lying, [submitted.pk, responder.pk, approver.pk, approver.pk, approver.pk, submitted.sha256])
+        # The composite foreign keys are deferred; make them check now, as a commit would.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     assert not Review.objects.exists()
 
@@ -380,7 +384,7 @@ def test_the_database_refuses_an_approval_that_binds_no_hash(submitted, responde
         transaction.atomic(),
         connection.cursor() as cursor,
     ):
-        cursor.execute(REVIEW_INSERT, [submitted.pk, approver.pk, responder.pk, responder.pk, ""])
+        cursor.execute(REVIEW_INSERT, [submitted.pk, approver.pk, responder.pk, responder.pk, submitted.pk, ""])
     assert not Review.objects.exists()
 
 
@@ -588,3 +592,66 @@ def test_a_review_decision_emails_the_author_with_the_comment_and_a_link(submitt
     assert "Changes requested" in message.subject
     assert "Which region?" in message.body
     assert f"/drafts/{draft.pk}/" in message.body
+
+
+# --- Four eyes over every editor (issue 9, item 6) ----------------------------------------------------------------
+def test_an_approver_who_saved_a_version_cannot_approve_after_the_author_saves_again(
+    draft, responder, approver, approver2
+):
+    """The middle-editor gap: the approver edits, the author fixes a typo and submits; the approver wrote part of
+    the text and must not approve it."""
+    workflow.save(draft_id=draft.pk, user=approver, expected_version=draft.version, fields={**FIELDS, "title": "Mine"})
+    draft.refresh_from_db()
+    workflow.save(draft_id=draft.pk, user=responder, expected_version=draft.version, fields={**FIELDS, "title": "Typo"})
+    revision = workflow.submit(draft_id=draft.pk, user=responder)
+    assert revision.editors == sorted([responder.pk, approver.pk])
+
+    with pytest.raises(workflow.NotAllowed, match="wrote or edited"):
+        approve(revision, approver)
+    assert not Review.objects.exists()
+    assert approve(revision, approver2).review.revision_editors == revision.editors
+
+
+def test_a_co_author_stays_one_after_a_request_changes_round(draft, responder, approver, approver2):
+    workflow.save(draft_id=draft.pk, user=approver, expected_version=draft.version, fields={**FIELDS, "title": "Mine"})
+    first = workflow.submit(draft_id=draft.pk, user=responder)
+    workflow.request_changes(draft_id=draft.pk, revision_id=first.pk, reviewer=approver2, comment="Shorter.")
+    draft.refresh_from_db()
+    workflow.save(draft_id=draft.pk, user=responder, expected_version=draft.version, fields={**FIELDS, "title": "New"})
+    second = workflow.submit(draft_id=draft.pk, user=responder)
+
+    assert approver.pk in second.editors
+    with pytest.raises(workflow.NotAllowed):
+        approve(second, approver)
+
+
+def test_the_database_refuses_a_review_by_any_editor_even_from_raw_sql(draft, responder, approver):
+    workflow.save(draft_id=draft.pk, user=approver, expected_version=draft.version, fields={**FIELDS, "title": "Mine"})
+    draft.refresh_from_db()
+    workflow.save(draft_id=draft.pk, user=responder, expected_version=draft.version, fields={**FIELDS, "title": "Typo"})
+    revision = workflow.submit(draft_id=draft.pk, user=responder)
+    with (
+        pytest.raises(IntegrityError, match="review_four_eyes_every_editor"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(
+            REVIEW_INSERT, [revision.pk, approver.pk, responder.pk, responder.pk, revision.pk, revision.sha256]
+        )
+    assert not Review.objects.exists()
+
+
+def test_the_database_refuses_a_review_that_lies_about_the_editors(draft, responder, approver):
+    workflow.save(draft_id=draft.pk, user=approver, expected_version=draft.version, fields={**FIELDS, "title": "Mine"})
+    draft.refresh_from_db()
+    workflow.save(draft_id=draft.pk, user=responder, expected_version=draft.version, fields={**FIELDS, "title": "Typo"})
+    revision = workflow.submit(draft_id=draft.pk, user=responder)
+    lying = REVIEW_INSERT.replace("(SELECT editors FROM incidents_revision WHERE id = %s)", "ARRAY[%s]::bigint[]")
+    with (
+        pytest.raises(IntegrityError, match="review_matches_revision_editors"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(lying, [revision.pk, approver.pk, responder.pk, responder.pk, responder.pk, revision.sha256])
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    assert not Review.objects.exists()

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -36,6 +36,7 @@ NO_TEAM = "none"
 FILTER_NAMES = ("team", "actor", "action", "target_type", "target_id", "target", "since", "until")
 TEMPLATE = "incidents/audit_log.html"
 DATETIME_HELP = "Site time zone ({tz}); e.g. 2025-03-01 14:30."
+SEQ_MAX = 2**63 - 1
 _ACTION_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*\.?\*?$")
 
 
@@ -52,8 +53,9 @@ class AuditFilterForm(forms.Form):
     target = forms.CharField(required=False, max_length=300, label="Target label contains")
     since = forms.DateTimeField(required=False, label="From")
     until = forms.DateTimeField(required=False, label="To", help_text="Up to the end of that minute")
-    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
-    after = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    # A seq is a bigint: a larger cursor names no event.
+    before = forms.IntegerField(required=False, min_value=1, max_value=SEQ_MAX, widget=forms.HiddenInput)
+    after = forms.IntegerField(required=False, min_value=1, max_value=SEQ_MAX, widget=forms.HiddenInput)
 
     def __init__(self, data: Mapping[str, Any] | None, *, teams: Iterable[Team], include_no_team: bool):
         super().__init__(data)
@@ -140,11 +142,11 @@ def filtered_events(user, filters: Mapping[str, Any]) -> QuerySet[AuditEvent]:
     if since := filters.get("since"):
         events = events.filter(created_at__gte=since)
     if until := filters.get("until"):
-        # A datetime-local input names a minute; "to 14:30" includes 14:30:59.
+        # A datetime-local input names a minute; "to 14:30" includes 14:30:59.999999 (the last microsecond
+        # PostgreSQL can store). Not "< 14:31": the minute after 9999-12-31 23:59 is not a date Python can hold.
         if until.second == 0 and until.microsecond == 0:
-            events = events.filter(created_at__lt=until + timedelta(minutes=1))
-        else:
-            events = events.filter(created_at__lte=until)
+            until = until.replace(second=59, microsecond=999_999)
+        events = events.filter(created_at__lte=until)
     return events
 
 

@@ -24,11 +24,11 @@ PANEL_LIMIT = 20
 
 
 def awaiting_review(user):
-    """Drafts in review in teams where I approve, that I neither wrote nor last edited; oldest first."""
+    """Drafts in review in teams where I approve, that I never edited (four eyes); oldest first."""
     return (
         access.drafts(user)
         .filter(team_id__in=access.team_ids(user, access.REVIEWING_ROLES), state=DraftState.IN_REVIEW)
-        .exclude(Q(author=user) | Q(last_editor=user))
+        .exclude(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]))
         .annotate(submitted_at=Max("revisions__created_at"))
         .order_by("submitted_at", "id")
     )
@@ -39,7 +39,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     user = request.user
     my_drafts = (
         access.drafts(user)
-        .filter(Q(author=user) | Q(last_editor=user), state__in=MY_DRAFT_STATES)
+        .filter(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]), state__in=MY_DRAFT_STATES)
         .prefetch_related("revisions__review__reviewer")
         .order_by("-updated_at")[:PANEL_LIMIT]
     )

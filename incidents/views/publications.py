@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
@@ -47,8 +47,10 @@ def _scoped(request: HttpRequest, pk: int) -> Publication:
 
 
 def _return_to(request: HttpRequest) -> str:
+    """The page to go back to after an action: a path on this site (``/...``), or "". Anything else is ignored:
+    another site is an open redirect, and ``redirect()`` reads a bare word ("-1") as a view name (a 500)."""
     candidate = request.POST.get("next") or request.GET.get("next") or ""
-    if candidate and url_has_allowed_host_and_scheme(
+    if candidate.startswith("/") and url_has_allowed_host_and_scheme(
         candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
         return candidate
@@ -82,7 +84,7 @@ def _act(request: HttpRequest, pk: int, *, action: str, run) -> HttpResponse:
         messages.error(request, error)
     else:
         messages.success(request, f"{publication}: {publication.get_state_display().lower()}.")
-    return redirect(_return_to(request) or reverse("incidents:publication_status", args=[publication.pk]))
+    return HttpResponseRedirect(_return_to(request) or reverse("incidents:publication_status", args=[publication.pk]))
 
 
 @require_POST

@@ -37,7 +37,7 @@ def review_context(request: HttpRequest, draft) -> dict:
         ],
         "in_review": draft.state == DraftState.IN_REVIEW,
         "can_review": access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
-        "own_revision": revision is not None and request.user.pk in (revision.author_id, revision.last_editor_id),
+        "own_revision": revision is not None and request.user.pk in revision.editors,
         "decisions": ReviewDecision,
     }
     if revision is not None and previous is not None:

@@ -47,6 +47,7 @@ def approved_publication(
         state=DraftState.APPROVED,
         author=author,
         last_editor=author,
+        editors=[author.pk],
         **fields,
     )
     request = build_request(kind=kind, service=service, incident=incident, fields=fields)
@@ -57,6 +58,7 @@ def approved_publication(
         sha256=isdown.requests_sha256([(0, request.sha256)]),
         author=author,
         last_editor=author,
+        editors=[author.pk],
         submitted_by=author,
     )
     stored = RevisionRequest.objects.create(
@@ -74,6 +76,7 @@ def approved_publication(
         reviewer=reviewer or UserFactory(username="reviewer-of-record"),
         revision_author=author,
         revision_last_editor=author,
+        revision_editors=[author.pk],
         decision=ReviewDecision.APPROVE,
         sha256=revision.sha256,
     )

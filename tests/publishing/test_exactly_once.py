@@ -306,22 +306,20 @@ def test_10_three_503s_in_a_row_are_ridden_out_without_a_human(start_worker, ser
 
 
 def _allow_connections(allowed: bool) -> None:
-    """ALTER DATABASE cannot name the database it runs in: do it from the maintenance database."""
+    """ALTER DATABASE cannot name the database it runs in, and only a superuser may end other roles' sessions:
+    do both as the administrator, from the maintenance database."""
     import psycopg
 
-    data = connection.settings_dict
-    with psycopg.connect(
-        host=data.get("HOST") or "127.0.0.1",
-        port=data.get("PORT") or 5432,
-        user=data.get("USER"),
-        dbname="postgres",
-        autocommit=True,
-    ) as admin:
-        admin.execute(f'ALTER DATABASE "{data["NAME"]}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+    from isdown_admin import preflight
+    from tests.conftest import ADMIN_URL
+
+    name = connection.settings_dict["NAME"]
+    with psycopg.connect(**preflight.params(ADMIN_URL), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
         if not allowed:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> %s",
-                [data["NAME"], connection.connection.info.backend_pid],
+                [name, connection.connection.info.backend_pid],
             )
 
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 import httpx
 import pytest
 import respx
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from incidents import isdown, publishing
@@ -154,23 +154,22 @@ def test_an_illegal_move_is_refused_before_anything_is_written(service, responde
     with transaction.atomic(), pytest.raises(publishing.IllegalMove):
         publishing._move(Publication.objects.get(pk=publication.pk), S.SENDING, state_is_not_a_field=True)
     publication.refresh_from_db()
-    assert publication.state == S.QUEUED and not AuditEvent.objects.exists()
+    assert publication.state == S.QUEUED and not AuditEvent.objects.filter(target_type="publication").exists()
 
 
 # --- Integrity of what is sent ------------------------------------------------------------------------------------
 def test_a_request_changed_behind_the_trigger_is_refused_failed_and_audited_without_any_request(
-    fake_isdown, service, responder
+    fake_isdown, service, responder, admin_db
 ):
     publication = approved_publication(service=service, author=responder)
     route = fake_isdown.post("/api/v2/incidents")
-    # Only a superuser can do this: switch triggers off for the session, change the approved words.
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        cursor.execute(
+    # Only a superuser can do this (the app's role cannot): switch triggers off, change the approved words.
+    with admin_db() as superuser:
+        superuser.execute("SET session_replication_role = replica")
+        superuser.execute(
             "UPDATE incidents_revisionrequest SET body = replace(body, 'Elevated', 'Evil') WHERE id = %s",
             [publication.request_id],
         )
-        cursor.execute("SET session_replication_role = origin")
 
     step = publishing.process(publication_id=publication.pk)
 

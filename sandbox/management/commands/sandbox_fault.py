@@ -7,13 +7,16 @@ from django.core.management.base import BaseCommand, CommandError
 from sandbox import faults
 from sandbox.models import FaultKind, SandboxFault
 
+# Who the audit log names for a fault queued or cleared from the command line.
+COMMAND_ACTOR = "system:command"
+
 
 class Command(BaseCommand):
     help = (
         "Queue a fault for the sandbox's next --count API requests (optionally only --method): "
         "--status S [--retry-after N] answers S without processing; --latency MS delays, then processes; "
         "--drop closes the connection without processing; --hang processes, then answers after --hang-seconds. "
-        "--clear removes all faults. Without any of these, lists the queued faults."
+        "--clear removes all faults. Without any of these, lists the queued faults. Queuing and clearing are audited."
     )
 
     def add_arguments(self, parser) -> None:
@@ -35,7 +38,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         if options["clear"]:
-            self.stdout.write(f"Cleared {faults.clear_faults()} fault(s).")
+            self.stdout.write(f"Cleared {faults.clear_faults(actor_label=COMMAND_ACTOR)} fault(s).")
             return
         if options["hang_seconds"] is not None and not options["hang"]:
             raise CommandError("--hang-seconds only goes with --hang")
@@ -52,7 +55,11 @@ class Command(BaseCommand):
             return
         try:
             fault = faults.add_fault(
-                **args, retry_after=options["retry_after"], count=options["count"], method=options["method"]
+                **args,
+                retry_after=options["retry_after"],
+                count=options["count"],
+                method=options["method"],
+                actor_label=COMMAND_ACTOR,
             )
         except faults.FaultError as error:
             raise CommandError(str(error)) from None
