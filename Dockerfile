@@ -15,6 +15,9 @@ RUN SECRET_KEY="build-only-$(python -c 'import secrets; print(secrets.token_urls
     ALLOWED_HOSTS=build.invalid ISDOWN_API_KEY=build-only \
     python manage.py collectstatic --noinput
 
+# Beat's schedule file (--schedule=var/celerybeat-schedule): the one directory the app user may write.
+RUN mkdir -p /app/var && chown app /app/var
+
 USER app
 EXPOSE 8000
 CMD ["gunicorn", "isdown_admin.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]

@@ -20,7 +20,7 @@ CHAOS_ARGS ?=
 
 # The same commands run under docker-compose.yml; keep them in step.
 WORKER_CMD := celery -A isdown_admin worker --loglevel=INFO --queues=publish,default --concurrency=2 --prefetch-multiplier=1
-BEAT_CMD := celery -A isdown_admin beat --loglevel=INFO --schedule=/tmp/isdown-admin-celerybeat-schedule
+BEAT_CMD := celery -A isdown_admin beat --loglevel=INFO --schedule=var/celerybeat-schedule
 
 .PHONY: run test fuzz chaos install install-dev preflight migrate seed worker beat lint check-deploy compose-check clean
 
@@ -51,12 +51,14 @@ seed: migrate
 
 ## make run: web, worker and beat in the foreground on http://127.0.0.1:8000, with demo data.
 run: seed
+	@mkdir -p var
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile
 
 worker: install
 	$(BIN)/$(WORKER_CMD)
 
 beat: install
+	@mkdir -p var
 	$(BIN)/$(BEAT_CMD)
 
 ## make test: the whole suite against the real PostgreSQL, Redis, a real Celery worker and Chromium.

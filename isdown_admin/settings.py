@@ -141,7 +141,20 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 for _origin in CSRF_TRUSTED_ORIGINS:
     if "://" not in _origin:
         raise ImproperlyConfigured(f"CSRF_TRUSTED_ORIGINS entries need a scheme, e.g. https://{_origin}")
-SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# The development server's port (Procfile, make run) and this app's own address follow each other: changing one
+# alone sent the worker to another instance's sandbox.
+WEB_PORT = env_int("WEB_PORT", 8000, minimum=1)
+SITE_URL = env_str("SITE_URL", f"http://127.0.0.1:{WEB_PORT}").rstrip("/")
+_site = urlsplit(SITE_URL)
+if (
+    os.environ.get("WEB_PORT")
+    and _site.hostname in {"127.0.0.1", "localhost", "::1"}
+    and (_site.port or {"http": 80, "https": 443}.get(_site.scheme)) != WEB_PORT
+):
+    raise ImproperlyConfigured(
+        f"WEB_PORT={WEB_PORT} but SITE_URL={SITE_URL} points at another local port: set one of them (SITE_URL "
+        "follows WEB_PORT), or both to the same port"
+    )
 
 INSTALLED_APPS = [
     "incidents.admin_site.AdminConfig",
@@ -203,8 +216,15 @@ TEMPLATES = [
 DATABASE_URL = env_url("DATABASE_URL", "postgres://isdown_app@127.0.0.1:5432/isdown_admin", {"postgres", "postgresql"})
 # The role the owner grants the app's privileges to when it migrates (migration 0005, manage.py grant_app_role).
 DATABASE_APP_ROLE = env_str("DATABASE_APP_ROLE", "isdown_app")
+# Persistent connections only where the number of threads is bounded (gunicorn sync workers: set it there). Off by
+# default: the development server runs a thread per browser connection, and each held a connection while idle.
+DATABASE_CONN_MAX_AGE = env_int("DATABASE_CONN_MAX_AGE", 0)
 try:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=DATABASE_CONN_MAX_AGE, conn_health_checks=DATABASE_CONN_MAX_AGE > 0
+        )
+    }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

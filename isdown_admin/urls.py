@@ -4,6 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from incidents.forms import AdminLoginForm, LoginForm
+from incidents.views.assets import favicon
 from incidents.views.health import healthz
 
 # Both sign-in forms bound their input (an over-long username was a 500 in django-axes' 255-character column).
@@ -20,6 +21,7 @@ urlpatterns = [
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("favicon.ico", favicon, name="favicon"),
     path("", include("incidents.urls")),
 ]
 

@@ -160,6 +160,7 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "password_change": same((200, 200)),
     "password_change_done": same((200, 405)),
     "healthz": public((200, 503), 405),
+    "favicon": public(REDIRECT, 405),  # on to the static file, for anyone
     # The app.
     "incidents:dashboard": same((200, 405)),
     "incidents:incident_list": same((200, 405)),

@@ -13,11 +13,21 @@ from incidents.models import Membership, Role, Service, Team
 DEMO_TEAMS = {
     "Platform": {
         "services": [("API", 1001), ("Dashboard", 1002)],
-        "members": [("responder", Role.RESPONDER), ("approver", Role.APPROVER), ("auditor", Role.AUDITOR)],
+        # Two approvers per team: an approver's own draft needs the other one (four eyes).
+        "members": [
+            ("responder", Role.RESPONDER),
+            ("approver", Role.APPROVER),
+            ("approver2", Role.APPROVER),
+            ("auditor", Role.AUDITOR),
+        ],
     },
     "Data": {
         "services": [("Pipeline", 2001)],
-        "members": [("data-responder", Role.RESPONDER)],
+        "members": [
+            ("data-responder", Role.RESPONDER),
+            ("data-approver", Role.APPROVER),
+            ("data-approver2", Role.APPROVER),
+        ],
     },
 }
 DEMO_STAFF = "admin"
@@ -38,9 +48,18 @@ class Command(BaseCommand):
             created_users = self._seed(password)
         if created_users:
             self.stdout.write(f"Demo users created: {', '.join(created_users)}")
-            self.stdout.write(f"Demo password for all of them: {password}")
         else:
             self.stdout.write("Demo data already present; nothing changed.")
+        self._greet(password)
+
+    def _greet(self, password: str) -> None:
+        """Every run (make run ends with it): where the app is, whom to sign in as, and with what."""
+        self.stdout.write(f"\nisdown-admin: open {settings.SITE_URL}/ and sign in as")
+        self.stdout.write(f"  {DEMO_STAFF:<16} staff (the admin, the sandbox's control page)")
+        for team_name, spec in DEMO_TEAMS.items():
+            for username, role in spec["members"]:
+                self.stdout.write(f"  {username:<16} {role.label.lower()} of {team_name}")
+        self.stdout.write(f"with the demo password {password} (DEMO_PASSWORD; users who changed theirs keep it)\n")
 
     def _seed(self, password: str) -> list[str]:
         User = get_user_model()
