@@ -80,9 +80,11 @@ fuzz: install-dev
 chaos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m tests.chaos.soak --n $(N) $(CHAOS_ARGS)
 
+## make lint: style (ruff) and the import contracts (.importlinter).
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 ## make check-deploy: Django's production checklist and this app's (incidents/checks.py, the database role
 ## included), with the documented production environment (deploy/production.env.example), a random SECRET_KEY and
