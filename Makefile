@@ -80,7 +80,7 @@ fuzz: install-dev
 chaos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m tests.chaos.soak --n $(N) $(CHAOS_ARGS)
 
-## make lint: style (ruff), the import contracts (.importlinter) and the types (mypy.ini).
+## make lint: style (ruff), the import contracts (.importlinter) and the types (mypy.ini). Fast: CI runs it first.
 ## The django-stubs plugin loads the settings, so it runs with make's development environment (DEBUG=1 above).
 lint: install-dev
 	$(BIN)/ruff check .
