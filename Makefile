@@ -82,9 +82,13 @@ fuzz: install-dev
 chaos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m tests.chaos.soak --n $(N) $(CHAOS_ARGS)
 
+## make lint: style (ruff), the import contracts (.importlinter) and the types (mypy.ini). Fast: CI runs it first.
+## The django-stubs plugin loads the settings, so it runs with make's development environment (DEBUG=1 above).
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 ## make check-deploy: Django's production checklist and this app's (incidents/checks.py, the database role
 ## included), with the documented production environment (deploy/production.env.example), a random SECRET_KEY and

@@ -73,9 +73,9 @@ class AuditedAdmin(admin.ModelAdmin):
             obj.pk = pk
             audit_change(request, obj, before, deleted=True)
         for obj in instances:
-            before = befores.get(obj.pk)
+            earlier = befores.get(obj.pk)
             obj.save()
-            audit_change(request, obj, before)
+            audit_change(request, obj, earlier)
         formset.save_m2m()
 
 

@@ -13,6 +13,8 @@ The login form is bounded too (``forms.AdminLoginForm``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django.contrib import admin, messages
 from django.contrib.admin import helpers, widgets
 from django.contrib.admin.apps import AdminConfig as DjangoAdminConfig
@@ -37,7 +39,13 @@ class BoundedAutocompleteSelect(widgets.AutocompleteSelect):
         return super().optgroups(name, value, attr)
 
 
-class BoundedInputAdmin:
+if TYPE_CHECKING:
+    _MixedInto = admin.ModelAdmin[Any]
+else:
+    _MixedInto = object
+
+
+class BoundedInputAdmin(_MixedInto):
     """Mixed into every registered ModelAdmin and inline by ``AdminSite.register``."""
 
     def response_action(self, request, queryset):

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 
-from .models import AuditEvent
+from .models import AuditEvent, Team
 
 GENESIS_HASH = "0" * 64
 # Arbitrary constant: the key of the advisory lock every append takes.
@@ -68,7 +70,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def canonical_json(data: dict[str, Any]) -> str:
+def canonical_json(data: dict[str, Any] | list[Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -82,7 +84,7 @@ def compute_hash(prev_hash: str, event: AuditEvent) -> str:
     return hashlib.sha256((prev_hash + canonical_json(row_payload(event))).encode()).hexdigest()
 
 
-def _label(obj: Any) -> str:
+def _label(obj: object) -> str:
     return str(obj)[:300] if obj is not None else ""
 
 
@@ -90,10 +92,10 @@ def record(
     action: str,
     *,
     summary: str,
-    actor: Any = None,
+    actor: AbstractBaseUser | AnonymousUser | None = None,
     actor_label: str | None = None,
-    team: Any = None,
-    target: Any = None,
+    team: Team | None = None,
+    target: Model | None = None,
     target_type: str | None = None,
     target_id: str | int | None = None,
     target_label: str | None = None,
@@ -125,7 +127,7 @@ def record(
             team_id=getattr(team, "pk", None),
             team_label=_label(team)[:100],
             action=action,
-            target_type=target_type or (target._meta.model_name if target is not None else ""),
+            target_type=target_type or ((target._meta.model_name or "") if target is not None else ""),
             target_id=str(target_id if target_id is not None else getattr(target, "pk", "") or ""),
             target_label=target_label if target_label is not None else _label(target),
             summary=summary[:500],

@@ -33,7 +33,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from . import audit
-from .middleware import current_request
+from .middleware import SESSION_END_REASON, current_request
 
 User = get_user_model()
 # The user fields whose changes are audited; last_login and date_joined are not changes anyone makes.
@@ -45,6 +45,8 @@ FLAG_WORDS = {
 }
 # The most addresses one lockout event lists (the count of all of them is recorded too).
 LOCKOUT_ADDRESSES_LISTED = 20
+# Set on a request during which axes reset failure counts, so the login audited next can say how many it cleared.
+FAILURES_CLEARED = "_audit_failures_cleared"
 
 
 # --- Who did it --------------------------------------------------------------------------------------------
@@ -98,7 +100,7 @@ def _failures(username: str, ip_address: str | None) -> int:
 
 @receiver(user_logged_in)
 def audit_login(sender, request, user, **kwargs) -> None:
-    cleared = getattr(request, "_audit_failures_cleared", {}).get(
+    cleared = getattr(request, FAILURES_CLEARED, {}).get(
         (user.get_username(), getattr(request, "axes_ip_address", None)), 0
     )
     after = f" after {cleared} failed attempt{'s' if cleared != 1 else ''}" if cleared else ""
@@ -115,7 +117,7 @@ def audit_login(sender, request, user, **kwargs) -> None:
 def audit_logout(sender, request, user, **kwargs) -> None:
     if user is None:
         return
-    reason = getattr(request, "session_end_reason", None)
+    reason = getattr(request, SESSION_END_REASON, None)
     if reason == "idle":
         action, summary = "auth.session_expired", f"{user.get_username()} signed out: idle too long"
     elif reason == "age":
@@ -146,7 +148,8 @@ def audit_lockout(sender, request, username, ip_address, **kwargs) -> None:
         by_address[row["ip_address"] or ""] = row["failures"] or 0
     listed = dict(sorted(by_address.items(), key=lambda item: (-item[1], item[0]))[:LOCKOUT_ADDRESSES_LISTED])
     total = sum(by_address.values())
-    minutes = round(get_cool_off().total_seconds() / 60) if get_cool_off() else 0
+    cool_off = get_cool_off()
+    minutes = round(cool_off.total_seconds() / 60) if cool_off else 0
     others = (
         f"; {total} failures for this username from {len(by_address)} addresses in the last {minutes} minutes"
         if len(by_address) > 1
@@ -229,9 +232,9 @@ def audit_lockout_reset(sender, instance: AccessAttempt, origin=None, **kwargs) 
             context={"locked_ip": ip_address},
         )
     elif before > after and (request := current_request()) is not None:
-        cleared = getattr(request, "_audit_failures_cleared", {})
+        cleared = getattr(request, FAILURES_CLEARED, {})
         cleared[pair] = cleared.get(pair, 0) + before - after
-        request._audit_failures_cleared = cleared
+        setattr(request, FAILURES_CLEARED, cleared)
 
 
 def _deletion_state(origin: Any) -> dict[str, Any]:
@@ -311,9 +314,9 @@ def audit_user_saved(sender, instance, created, update_fields=None, **kwargs) ->
             changes=changes,
         )
     if (before.get("password") or "") != (instance.password or ""):
-        action, words = _password_event(instance, before.get("password") or "", update_fields)
+        action, what = _password_event(instance, before.get("password") or "", update_fields)
         # Never the hashes themselves: the audit log is readable by staff and exported.
-        audit.record(action, **_actor(), target=instance, summary=f"User {name}: {words}{_by()}")
+        audit.record(action, **_actor(), target=instance, summary=f"User {name}: {what}{_by()}")
 
 
 @receiver(pre_delete, sender=User)

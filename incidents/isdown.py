@@ -41,11 +41,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote, urlsplit
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,14 @@ class IsDownError(Exception):
         return f"{type(self).__name__}(status_code={self.status_code!r}, detail={self.detail!r})"
 
 
+class _Facts(TypedDict):
+    """What an error knows of the response that caused it."""
+
+    status_code: int
+    latency_ms: int
+    excerpt: str
+
+
 class NotSent(IsDownError):
     """The request never reached IsDown: sending it again cannot duplicate anything."""
 
@@ -274,23 +283,24 @@ def _resolve(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # a literal address: nothing to look up
     except OSError:
         pass
-    outcome: dict[str, Any] = {}
+    found: list[list[tuple[Any, ...]]] = []
+    failed: list[Exception] = []
     done = threading.Event()
 
     def lookup() -> None:
         try:
-            outcome["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except Exception as exc:  # OSError, and UnicodeError for a label over 63 characters
-            outcome["error"] = exc
+            failed.append(exc)
         finally:
             done.set()
 
     threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
     if not done.wait(timeout):
         raise httpcore.ConnectTimeout(f"name resolution of {host} took longer than {timeout:.1f} s")
-    if "error" in outcome:
-        raise httpcore.ConnectError(str(outcome["error"]))
-    return outcome["addresses"]
+    if failed:
+        raise httpcore.ConnectError(str(failed[0]))
+    return found[0]
 
 
 class _DeadlineStream(httpcore.NetworkStream):
@@ -361,7 +371,7 @@ class _DeadlineBackend(httpcore.SyncBackend):
             for option in socket_options or ():
                 sock.setsockopt(*option)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return _DeadlineStream(httpcore._backends.sync.SyncStream(sock))
+            return _DeadlineStream(SyncStream(sock))
         raise last_error or httpcore.ConnectError(f"no address for {host}")
 
 
@@ -503,8 +513,9 @@ def _error_detail(response: httpx.Response) -> str | None:
         first = payload["errors"][0]
         if isinstance(first, dict):
             for key in ("detail", "title"):
-                if isinstance(first.get(key), str) and first[key]:
-                    return first[key]
+                value = first.get(key)
+                if isinstance(value, str) and value:
+                    return value
     return None
 
 
@@ -605,7 +616,7 @@ class IsDownClient:
         code = response.status_code
         if 200 <= code < 300:
             return
-        facts = {"status_code": code, "latency_ms": exchange.latency_ms, "excerpt": exchange.excerpt}
+        facts = _Facts(status_code=code, latency_ms=exchange.latency_ms, excerpt=exchange.excerpt)
         detail = _error_detail(response)
         detail = clean_text(self._scrub(detail)) if detail else None
         retry_header = response.headers.get("Retry-After")

@@ -25,6 +25,8 @@ CLIENT_REQUEST_ID_MAX = 64
 # Session keys: when the session was first seen signed in, and its last activity (epoch seconds).
 SESSION_STARTED_KEY = "_session_started"
 SESSION_ACTIVITY_KEY = "_last_activity"
+# Set on a request whose session this middleware ended ("idle" or "age"): the logout audit event says why.
+SESSION_END_REASON = "session_end_reason"
 # Activity is written to the session at most this often (a write per request would be a write per click).
 ACTIVITY_RESOLUTION_SECONDS = 60
 
@@ -136,7 +138,7 @@ class SessionIdleTimeoutMiddleware:
         return self.get_response(request)
 
     def _expire(self, request: HttpRequest, message: str, reason: str) -> HttpResponse:
-        request.session_end_reason = reason
+        setattr(request, SESSION_END_REASON, reason)
         auth.logout(request)
         messages.info(request, f"{message} Please sign in again.")
         login = reverse(settings.LOGIN_URL)
@@ -163,6 +165,6 @@ class NoStoreForSignedInMiddleware:
         response = self.get_response(request)
         user = getattr(request, "user", None)
         signed_in = bool(user is not None and user.is_authenticated)
-        if signed_in or getattr(request, "session_end_reason", None):
+        if signed_in or getattr(request, SESSION_END_REASON, None):
             add_never_cache_headers(response)
         return response

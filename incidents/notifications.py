@@ -23,8 +23,9 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 from django.core.mail import EmailMessage, get_connection
-from django.db.models import F, Q
+from django.db.models import F, Model, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
@@ -41,16 +42,16 @@ def _link(name: str, **kwargs: Any) -> str:
     return settings.SITE_URL + reverse(name, kwargs=kwargs)
 
 
-def team_approvers(team: Team) -> Any:
+def team_approvers(team: Team) -> QuerySet[User]:
     return get_user_model().objects.filter(memberships__team=team, memberships__role=Role.APPROVER, is_active=True)
 
 
-def _addresses(users: Iterable[Any]) -> list[str]:
+def _addresses(users: Iterable[User]) -> list[str]:
     return sorted({user.email for user in users if user.email and user.is_active})
 
 
 def queue(
-    *, kind: str, team: Team | None, users: Iterable[Any], subject: str, body: str, target: Any = None
+    *, kind: str, team: Team | None, users: Iterable[User], subject: str, body: str, target: Model | None = None
 ) -> Notification | None:
     """Write one email to ``users`` (those with an address) into the outbox; deliver after commit."""
     recipients = _addresses(users)
@@ -63,7 +64,7 @@ def queue(
         subject=" ".join(subject.split())[:300],
         body=body,
         recipients=recipients,
-        target_type=target._meta.model_name if target is not None else "",
+        target_type=(target._meta.model_name or "") if target is not None else "",
         target_id=str(target.pk) if target is not None else "",
         next_attempt_at=timezone.now(),
     )

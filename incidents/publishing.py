@@ -55,6 +55,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
@@ -217,7 +218,7 @@ def _move(
     *,
     summary: str = "",
     action: str | None = None,
-    actor: Any = None,
+    actor: User | None = None,
     task_id: str = "",
     last_error: Any = _KEEP,
     next_attempt_at: Any = _KEEP,
@@ -377,7 +378,7 @@ def _claimed_ids(publication: Publication) -> frozenset[str]:
     known = Incident.objects.filter(service=publication.service, remote_id__isnull=False).exclude(
         publications=publication
     )
-    return frozenset([*others, *known.values_list("remote_id", flat=True)])
+    return frozenset(others) | {remote_id for remote_id in known.values_list("remote_id", flat=True) if remote_id}
 
 
 def _claim(*, publication_id: int, task_id: str) -> _Claim | Step:
@@ -437,7 +438,7 @@ def _claim_send(publication: Publication, *, now: datetime, task_id: str) -> _Cl
         first_sent_at=publication.first_sent_at or now,
         context={"attempt": attempt.number, "sha256": request.sha256},
     )
-    return _claim_for(publication, attempt, task_id=task_id)
+    return _claim_for(publication, attempt, token=token, task_id=task_id)
 
 
 def _claim_look(publication: Publication, kind: str, *, now: datetime, task_id: str) -> _Claim:
@@ -456,15 +457,15 @@ def _claim_look(publication: Publication, kind: str, *, now: datetime, task_id: 
         path=path,
     )
     _move(publication, publication.state, lease_expires_at=_lease(now), attempt_token=token, next_attempt_at=None)
-    return _claim_for(publication, attempt, task_id=task_id)
+    return _claim_for(publication, attempt, token=token, task_id=task_id)
 
 
-def _claim_for(publication: Publication, attempt: PublishAttempt, *, task_id: str) -> _Claim:
+def _claim_for(publication: Publication, attempt: PublishAttempt, *, token: uuid.UUID, task_id: str) -> _Claim:
     request = approved_request(publication)
     return _Claim(
         publication_id=publication.pk,
         attempt_id=attempt.pk,
-        token=attempt.token,
+        token=token,
         kind=attempt.kind,
         request=request,
         creates=request.method == "POST",
@@ -659,7 +660,7 @@ def _publish(
     now: datetime,
     task_id: str,
     how: str,
-    actor: Any = None,
+    actor: User | None = None,
     action: str | None = None,
 ) -> Incident:
     """Store what IsDown holds, link it, and move the publication to ``published`` (caller's transaction). When
@@ -669,9 +670,9 @@ def _publish(
         if incident is None:
             incident = Incident(service=publication.service, remote_id=remote.id, title=remote.title)
     else:
-        incident = Incident.objects.select_for_update(no_key=True).get(
-            pk=publication.incident_id or publication.draft.incident_id
-        )
+        incident_id = publication.incident_id or publication.draft.incident_id
+        assert incident_id is not None, "an update's draft targets an incident (draft_kind_matches_incident)"
+        incident = Incident.objects.select_for_update(no_key=True).get(pk=incident_id)
     mirror.apply_remote(incident=incident, remote=remote, now=now)
     watch: dict[str, Any] = {"watch_until": None, "next_attempt_at": None}
     effect = matching.Effect.of(approved_request(publication))
@@ -1033,7 +1034,7 @@ def _lock_for_human(publication_id: int, *, allowed: tuple[str, ...], expected_s
     return publication
 
 
-def retry_now(*, publication_id: int, user: Any, expected_state: str | None = None) -> Publication:
+def retry_now(*, publication_id: int, user: User, expected_state: str | None = None) -> Publication:
     """Approver: a failed publication is queued again with a fresh attempt budget; one that needs attention
     is checked again over a fresh window, which by itself sends nothing."""
     with transaction.atomic():
@@ -1062,7 +1063,7 @@ def retry_now(*, publication_id: int, user: Any, expected_state: str | None = No
     return publication
 
 
-def send_again(*, publication_id: int, user: Any, expected_state: str | None = None) -> Publication:
+def send_again(*, publication_id: int, user: User, expected_state: str | None = None) -> Publication:
     """Approver, after seeing the evidence: send the approved request again even though an earlier attempt
     may have landed. The only path to a send that reconciliation did not clear."""
     with transaction.atomic():
@@ -1080,7 +1081,7 @@ def send_again(*, publication_id: int, user: Any, expected_state: str | None = N
     return publication
 
 
-def abandon(*, publication_id: int, user: Any, reason: str, expected_state: str | None = None) -> Publication:
+def abandon(*, publication_id: int, user: User, reason: str, expected_state: str | None = None) -> Publication:
     """Approver: give up on a failed or stuck publication, with a reason. It will never be sent, and the
     publications behind it for the same incident go on."""
     reason = (reason or "").strip()
@@ -1101,7 +1102,7 @@ def abandon(*, publication_id: int, user: Any, reason: str, expected_state: str 
 
 
 def acknowledge_duplicate(
-    *, publication_id: int, user: Any, note: str, expected_state: str | None = None
+    *, publication_id: int, user: User, note: str, expected_state: str | None = None
 ) -> Publication:
     """Approver: a duplicate that cannot be taken back (an update has no id on IsDown) is acknowledged."""
     note = (note or "").strip()
@@ -1123,7 +1124,7 @@ def acknowledge_duplicate(
 
 
 def delete_duplicates(
-    *, publication_id: int, user: Any, expected_state: str | None = None, client: isdown.IsDownClient | None = None
+    *, publication_id: int, user: User, expected_state: str | None = None, client: isdown.IsDownClient | None = None
 ) -> Publication:
     """Approver: delete the extra incidents of a duplicated create on IsDown (each DELETE a recorded attempt),
     then settle the publication. Its own incident stays."""
@@ -1183,7 +1184,7 @@ def delete_duplicates(
 def mark_published(
     *,
     publication_id: int,
-    user: Any,
+    user: User,
     remote_id: str,
     expected_state: str | None = None,
     client: isdown.IsDownClient | None = None,
@@ -1273,7 +1274,9 @@ def attribute(*, incident: Incident, remote: isdown.RemoteIncident, task_id: str
     )
     for publication in pending:
         effect = matching.Effect.of(approved_request(publication))
-        verdict = matching.judge_update(remote=remote, effect=effect, since=publication.first_sent_at)
+        sent_at = publication.first_sent_at
+        assert sent_at is not None  # the query leaves out what was never sent
+        verdict = matching.judge_update(remote=remote, effect=effect, since=sent_at)
         if verdict.found is not None:
             _publish(
                 publication,

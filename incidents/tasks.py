@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.signals import worker_process_shutdown
 from django.db import DatabaseError, InterfaceError
 
@@ -49,7 +49,7 @@ def _close_client(**_: Any) -> None:
 
 
 @shared_task(name="incidents.tasks.publish", bind=True, acks_late=True, ignore_result=True, **RETRY_ON_DATABASE_ERROR)
-def publish(self, publication_id: int) -> str:
+def publish(self: Task[[int], str], publication_id: int) -> str:
     step = publishing.process(publication_id=publication_id, task_id=self.request.id or "", client=worker_client())
     if step.run_again_in is not None:
         enqueue.publication(publication_id, countdown=step.run_again_in)
@@ -57,7 +57,7 @@ def publish(self, publication_id: int) -> str:
 
 
 @shared_task(name="incidents.tasks.sweep", bind=True, acks_late=True, ignore_result=True, **RETRY_ON_DATABASE_ERROR)
-def sweep(self) -> int:
+def sweep(self: Task[[], int]) -> int:
     due = publishing.sweep(task_id=self.request.id or "")
     for publication_id, countdown in due:
         enqueue.publication(publication_id, countdown=countdown or None)
@@ -71,7 +71,7 @@ def sweep(self) -> int:
     ignore_result=True,
     **RETRY_ON_DATABASE_ERROR,
 )
-def deliver_notification(self, notification_id: int) -> str:
+def deliver_notification(self: Task[[int], str], notification_id: int) -> str:
     return notifications.deliver(notification_id)
 
 
@@ -82,17 +82,17 @@ def deliver_notification(self, notification_id: int) -> str:
     ignore_result=True,
     **RETRY_ON_DATABASE_ERROR,
 )
-def deliver_notifications(self) -> dict[str, int]:
+def deliver_notifications(self: Task[[], dict[str, int]]) -> dict[str, int]:
     return notifications.deliver_due()
 
 
 @shared_task(name="incidents.tasks.sync_open_incidents", bind=True, acks_late=True, ignore_result=True)
-def sync_open_incidents(self) -> dict[str, int]:
+def sync_open_incidents(self: Task[[], dict[str, int]]) -> dict[str, int]:
     report = sync.sync_open_incidents(task_id=self.request.id or "")
     return {"synced": len(report.synced), "drifted": len(report.drifted), "missing": len(report.missing)}
 
 
 @shared_task(name="incidents.tasks.sync_incident", bind=True, acks_late=True, ignore_result=True)
-def sync_incident(self, incident_id: int) -> dict[str, int]:
+def sync_incident(self: Task[[int], dict[str, int]], incident_id: int) -> dict[str, int]:
     report = sync.sync_incident(incident_id=incident_id, task_id=self.request.id or "")
     return {"synced": len(report.synced), "drifted": len(report.drifted), "missing": len(report.missing)}

@@ -23,7 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import psycopg
 
 HOW_TO_START = (
     "Start PostgreSQL and Redis on localhost (for example: docker compose up -d db redis), "
@@ -32,7 +36,7 @@ HOW_TO_START = (
 DEFAULT_APP_URL = "postgres://isdown_app@127.0.0.1:5432/isdown_admin"
 
 
-def fail(message: str, hint: str = HOW_TO_START) -> None:
+def fail(message: str, hint: str = HOW_TO_START) -> NoReturn:
     print(f"preflight: {message}\n  {hint}", file=sys.stderr)
     sys.exit(2)
 
@@ -52,7 +56,16 @@ def urls() -> tuple[str, str, str]:
     return app, owner, os.environ.get("DATABASE_ADMIN_URL") or admin_default
 
 
-def params(url: str, *, dbname: str | None = None) -> dict[str, object]:
+class ConnectParams(TypedDict):
+    host: str
+    port: int
+    user: str | None
+    password: str | None
+    dbname: str
+    connect_timeout: int
+
+
+def params(url: str, *, dbname: str | None = None) -> ConnectParams:
     parts = urlsplit(url)
     return {
         "host": parts.hostname or "127.0.0.1",
@@ -64,7 +77,7 @@ def params(url: str, *, dbname: str | None = None) -> dict[str, object]:
     }
 
 
-def connect(url: str, *, dbname: str | None = None):
+def connect(url: str, *, dbname: str | None = None) -> psycopg.Connection[tuple[Any, ...]]:
     import psycopg
 
     settings = params(url, dbname=dbname)
@@ -82,31 +95,38 @@ def create_roles_and_database(app_url: str, owner_url: str, admin_url: str) -> N
     from psycopg import sql
 
     app, owner = params(app_url), params(owner_url)
-    dbname = str(app["dbname"])
+    dbname = app["dbname"]
+    app_role, owner_role = app["user"], owner["user"]
+    if not app_role or not owner_role:
+        # libpq would fall back to the OS user; the roles this creates must be named.
+        fail(
+            "DATABASE_URL and DATABASE_OWNER_URL must each name a role",
+            "For example DATABASE_URL=postgres://isdown_app@127.0.0.1:5432/isdown_admin",
+        )
     with connect(admin_url) as admin:
-        for role, extra in ((owner["user"], sql.SQL(" CREATEDB")), (app["user"], sql.SQL(""))):
+        for role, extra in ((owner_role, sql.SQL(" CREATEDB")), (app_role, sql.SQL(""))):
             if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
                 admin.execute(sql.SQL("CREATE ROLE {} LOGIN{}").format(sql.Identifier(role), extra))
                 print(f"preflight: created role {role}")
         row = admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [dbname]).fetchone()
         if row is None:
             admin.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(owner["user"]))
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(owner_role))
             )
-            print(f"preflight: created database {dbname}, owned by {owner['user']}")
-        elif row[0] != owner["user"]:
+            print(f"preflight: created database {dbname}, owned by {owner_role}")
+        elif row[0] != owner_role:
             admin.execute(
-                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(dbname), sql.Identifier(owner["user"]))
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(dbname), sql.Identifier(owner_role))
             )
-            print(f"preflight: database {dbname} now belongs to {owner['user']} (it belonged to {row[0]})")
+            print(f"preflight: database {dbname} now belongs to {owner_role} (it belonged to {row[0]})")
         test_db = f"test_{dbname}"
         stale = admin.execute(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [test_db]
         ).fetchone()
-        if stale and stale[0] != owner["user"]:
+        if stale and stale[0] != owner_role:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(test_db)))
             print(f"preflight: dropped {test_db}, made by {stale[0]} before the roles existed")
-    hand_over(dbname=dbname, owner=str(owner["user"]), admin_url=admin_url)
+    hand_over(dbname=dbname, owner=owner_role, admin_url=admin_url)
 
 
 def hand_over(*, dbname: str, owner: str, admin_url: str) -> None:

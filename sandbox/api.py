@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.conf import settings
 from django.db import transaction
@@ -69,6 +69,10 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return payload
 
 
+@overload
+def _text(payload: dict[str, Any], key: str, *, max_length: int, required: Literal[True]) -> str: ...
+@overload
+def _text(payload: dict[str, Any], key: str, *, max_length: int, required: bool = False) -> str | None: ...
 def _text(payload: dict[str, Any], key: str, *, max_length: int, required: bool = False) -> str | None:
     if key not in payload:
         if required:

@@ -21,6 +21,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from incidents import audit
 
@@ -124,6 +125,7 @@ def add_fault(
             raise FaultError("hang seconds must be positive", "hang_seconds")
         if hang_seconds > HANG_SECONDS_MAX:
             raise FaultError(f"hang seconds must be at most {HANG_SECONDS_MAX:g}", "hang_seconds")
+        hang_seconds = float(hang_seconds)
     with transaction.atomic():
         fault = SandboxFault.objects.create(
             kind=kind,
@@ -132,7 +134,7 @@ def add_fault(
             status=status if kind == FaultKind.STATUS else None,
             retry_after=retry_after,
             latency_ms=latency_ms if kind == FaultKind.LATENCY else None,
-            hang_seconds=float(hang_seconds) if kind == FaultKind.HANG else None,
+            hang_seconds=hang_seconds if kind == FaultKind.HANG else None,
         )
         # Team-less: a fault stalls every team's publishing, so only staff read it in the audit log.
         audit.record(
@@ -239,7 +241,7 @@ def _die_midway():
     raise ConnectionAbortedError("sandbox fault: connection dropped")
 
 
-def drop_connection(request: HttpRequest) -> HttpResponse:
+def drop_connection(request: HttpRequest) -> HttpResponseBase:
     """Make the client see the connection close with no answer (httpx: RemoteProtocolError "Server disconnected
     without sending a response"). Shuts the socket down when the server exposes it; otherwise falls back to a
     response cut short (httpx: RemoteProtocolError while reading the body). Either way the client cannot know

@@ -17,6 +17,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
@@ -29,7 +30,7 @@ BODY_LOG_LIMIT = 65_536
 RECENT_REQUESTS = 50
 RECENT_RESOLVED = 10
 
-Handler = Callable[..., HttpResponse]
+Handler = Callable[..., HttpResponseBase]
 
 
 def _scrub(text: str) -> str:
@@ -40,7 +41,7 @@ def _scrub(text: str) -> str:
 def _log(request: HttpRequest, body: bytes | None, status: int | None, fault: faults.TakenFault | None) -> None:
     text = "(body too large)" if body is None else body[:BODY_LOG_LIMIT].decode("utf-8", errors="replace")
     SandboxRequest.objects.create(
-        method=request.method[:10],
+        method=(request.method or "")[:10],
         path=_scrub(request.get_full_path())[:2000],
         # NUL cannot be stored in PostgreSQL text; the log shows it escaped.
         body=_scrub(text).replace("\x00", "\\u0000"),
@@ -68,14 +69,14 @@ def sandbox_api(view: Handler) -> Handler:
     @wraps(view)
     @csrf_exempt
     @login_not_required
-    def wrapped(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
         try:
             body: bytes | None = request.body
         except RequestDataTooBig:
             body = None
         fault = faults.take(request.method or "GET")
         if fault and fault.kind == FaultKind.STATUS:
-            response = faults.status_response(fault)
+            response: HttpResponseBase = faults.status_response(fault)
             _log(request, body, response.status_code, fault)
             return response
         if fault and fault.kind == FaultKind.DROP:

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from incidents import heartbeat
 from incidents.models import AuditEvent, Membership, Service, SystemMark, Team
+from isdown_admin import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_ENV = {
@@ -162,6 +163,15 @@ def test_preflight_stops_at_once_saying_what_to_start():
     assert result.returncode == 2
     assert "cannot reach Redis" in result.stderr
     assert "docker compose up -d db redis" in result.stderr
+
+
+def test_preflight_create_db_names_a_missing_role_instead_of_failing_with_a_traceback(capsys):
+    # Found by mypy: a URL without a user left the role None, and psycopg refused it with a TypeError.
+    without_role = "postgres://127.0.0.1:5432/isdown_admin"
+    with pytest.raises(SystemExit) as stopped:
+        preflight.create_roles_and_database(without_role, preflight.with_user(without_role, "o"), "postgres://x@y/z")
+    assert stopped.value.code == 2
+    assert "must each name a role" in capsys.readouterr().err
 
 
 def test_compose_file_and_makefile_run_the_same_worker_and_beat_commands():

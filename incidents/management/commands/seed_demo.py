@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from typing import TypedDict
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -10,7 +11,13 @@ from django.db import transaction
 from incidents import audit
 from incidents.models import Membership, Role, Service, Team
 
-DEMO_TEAMS = {
+
+class DemoTeam(TypedDict):
+    services: list[tuple[str, int]]  # (name, IsDown service id)
+    members: list[tuple[str, Role]]  # (username, role)
+
+
+DEMO_TEAMS: dict[str, DemoTeam] = {
     "Platform": {
         "services": [("API", 1001), ("Dashboard", 1002)],
         # Two approvers per team: an approver's own draft needs the other one (four eyes).

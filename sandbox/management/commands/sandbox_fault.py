@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError
 
 from sandbox import faults
@@ -42,20 +44,21 @@ class Command(BaseCommand):
             return
         if options["hang_seconds"] is not None and not options["hang"]:
             raise CommandError("--hang-seconds only goes with --hang")
+        spec: dict[str, Any]
         if options["status"] is not None:
-            args = {"kind": FaultKind.STATUS, "status": options["status"]}
+            spec = {"kind": FaultKind.STATUS, "status": options["status"]}
         elif options["latency"] is not None:
-            args = {"kind": FaultKind.LATENCY, "latency_ms": options["latency"]}
+            spec = {"kind": FaultKind.LATENCY, "latency_ms": options["latency"]}
         elif options["drop"]:
-            args = {"kind": FaultKind.DROP}
+            spec = {"kind": FaultKind.DROP}
         elif options["hang"]:
-            args = {"kind": FaultKind.HANG, "hang_seconds": options["hang_seconds"]}
+            spec = {"kind": FaultKind.HANG, "hang_seconds": options["hang_seconds"]}
         else:
             self._list()
             return
         try:
             fault = faults.add_fault(
-                **args,
+                **spec,
                 retry_after=options["retry_after"],
                 count=options["count"],
                 method=options["method"],
