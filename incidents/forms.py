@@ -3,12 +3,17 @@ so no input reaches the database it cannot hold."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from . import access
 from .models import (
@@ -21,7 +26,9 @@ from .models import (
     Service,
     Severity,
     Stage,
+    Team,
 )
+from .selectors import NO_TEAM
 
 # Ids and versions are PostgreSQL bigints at most: a larger number names nothing.
 ID_MAX = 2**63 - 1
@@ -124,6 +131,10 @@ class DraftForm(forms.Form):
         return {name: data.get(name) or "" for name in ("title", "severity", "description", "stage")}
 
 
+# How the diffs on the review and conflict views name the draft's fields.
+DRAFT_FIELD_LABELS = {"title": "Title", "severity": "Severity", "description": "Description", "stage": "Stage"}
+
+
 class ReviewForm(forms.Form):
     decision = forms.ChoiceField(choices=ReviewDecision.choices)
     revision = forms.IntegerField(widget=forms.HiddenInput, min_value=1, max_value=ID_MAX)
@@ -155,3 +166,86 @@ class IncidentFilterForm(forms.Form):
     def __init__(self, *args: Any, user, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields["service"].queryset = access.services(user)
+
+
+# --- The audit log ------------------------------------------------------------------------------------------
+DATETIME_HELP = "Site time zone ({tz}); e.g. 2025-03-01 14:30."
+_ACTION_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*\.?\*?$")
+
+
+class AuditFilterForm(forms.Form):
+    """The audit-log filters; the team choices depend on the user's teams (``for_user``)."""
+
+    team = forms.ChoiceField(required=False, label="Team")
+    actor = forms.CharField(required=False, max_length=150, label="Actor", help_text="Username")
+    action = forms.CharField(
+        required=False, max_length=64, label="Action", help_text="Exact (draft.submitted) or prefix (draft.)"
+    )
+    target_type = forms.CharField(required=False, max_length=40, label="Target type", help_text="e.g. draft")
+    target_id = forms.CharField(required=False, max_length=64, label="Target id")
+    target = forms.CharField(required=False, max_length=300, label="Target label contains")
+    since = forms.DateTimeField(required=False, label="From")
+    until = forms.DateTimeField(required=False, label="To", help_text="Up to the end of that minute")
+    # A seq is a bigint: a larger cursor names no event.
+    before = forms.IntegerField(required=False, min_value=1, max_value=ID_MAX, widget=forms.HiddenInput)
+    after = forms.IntegerField(required=False, min_value=1, max_value=ID_MAX, widget=forms.HiddenInput)
+
+    def __init__(self, data: Mapping[str, Any] | None, *, teams: Iterable[Team], include_no_team: bool):
+        super().__init__(data)
+        choices = [("", "All my teams"), *((str(team.pk), team.name) for team in teams)]
+        if include_no_team:
+            choices.append((NO_TEAM, "No team (sign-ins; staff only)"))
+        self.fields["team"].choices = choices
+        tz_help = DATETIME_HELP.format(tz=timezone.get_current_timezone_name())
+        for name in ("since", "until"):
+            self.fields[name].widget = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
+            self.fields[name].error_messages["invalid"] = "Enter a date and time, e.g. 2025-03-01 14:30."
+        self.fields["since"].help_text = tz_help
+
+    @classmethod
+    def for_user(cls, user, data: Mapping[str, Any] | None) -> AuditFilterForm:
+        """The form as ``user`` sees it: the teams they audit, and the team-less events if they are staff."""
+        return cls(
+            data,
+            teams=access.teams(user, access.AUDIT_ROLES).order_by("name"),
+            include_no_team=bool(user.is_staff),
+        )
+
+    def clean_action(self) -> str:
+        action = self.cleaned_data["action"].strip()
+        if action and not _ACTION_RE.match(action):
+            raise forms.ValidationError(
+                "Actions are lower-case dotted names: draft.submitted, or draft. for every draft action."
+            )
+        return action
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in ("before", "after"):
+            if name in self._errors:  # hidden fields: say it at the top of the form, plainly
+                del self._errors[name]
+                self.add_error(None, f"This page link is broken ({name}= must be a positive whole number).")
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since > until:
+            self.add_error("until", "“To” is before “From”.")
+        if cleaned.get("before") and cleaned.get("after"):
+            raise forms.ValidationError("A page link has both “before” and “after”; follow a link from the page.")
+        return cleaned
+
+
+# --- Where to go back to ------------------------------------------------------------------------------------
+def next_path(request: HttpRequest) -> str:
+    """The ``next`` of a request if it is a path on this site (``/...``), else "". Anything else is ignored:
+    another site is an open redirect, and ``redirect()`` reads a bare word ("-1") as a view name (a 500)."""
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate.startswith("/") and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return ""
+
+
+def return_path(request: HttpRequest) -> str:
+    """Where a publication's action forms send the user back: this page, or, when htmx asks for a fragment,
+    the page that holds it (its validated ``next``)."""
+    return next_path(request) if request.htmx else request.get_full_path()

@@ -7,6 +7,9 @@ publishing.py and sync.py; nothing happens in save() or in signals.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
@@ -543,3 +546,22 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action}: {self.summary}"
+
+    def change_lines(self) -> list[tuple[str, str, str]]:
+        """``[(field, old, new)]`` as display text from ``{field: [old, new]}``; tolerant of odd shapes (the rows
+        are history: any shape ever written must still display)."""
+        lines = []
+        for name, pair in sorted((self.changes or {}).items()):
+            if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                lines.append((str(name), _display(pair[0]), _display(pair[1])))
+            else:
+                lines.append((str(name), "", _display(pair)))
+        return lines
+
+
+def _display(value: Any) -> str:
+    if value is None or value == "":
+        return "∅"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

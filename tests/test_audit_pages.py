@@ -15,7 +15,8 @@ from django.test.utils import CaptureQueriesContext
 
 from incidents import audit
 from incidents.models import AuditEvent, Role
-from incidents.views.audit import PAGE_SIZE, history_for
+from incidents.selectors import AUDIT_PAGE_SIZE as PAGE_SIZE
+from incidents.selectors import history_for
 
 from .conftest import tamper_as_owner
 from .factories import MembershipFactory, UserFactory

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from .. import access, heartbeat
+from .. import access, heartbeat, selectors
 from ..models import HUMAN_PUBLICATION_STATES, DraftState, Notification, NotificationState, PublicationState
 
 MY_DRAFT_STATES = (
@@ -21,17 +21,6 @@ MY_DRAFT_STATES = (
     DraftState.REJECTED,
 )
 PANEL_LIMIT = 20
-
-
-def awaiting_review(user):
-    """Drafts in review in teams where I approve, that I never edited (four eyes); oldest first."""
-    return (
-        access.drafts(user)
-        .filter(team_id__in=access.team_ids(user, access.REVIEWING_ROLES), state=DraftState.IN_REVIEW)
-        .exclude(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]))
-        .annotate(submitted_at=Max("revisions__created_at"))
-        .order_by("submitted_at", "id")
-    )
 
 
 @require_GET
@@ -61,7 +50,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "undelivered": Notification.objects.filter(
             team_id__in=access.team_ids(user), state=NotificationState.GAVE_UP
         ).count(),
-        "reviews": awaiting_review(user)[:PANEL_LIMIT],
+        "reviews": selectors.awaiting_review(user)[:PANEL_LIMIT],
         "my_drafts": my_drafts,
         "publishing": publishing,
         "open_incidents": access.incidents(user).filter(resolved=False).order_by("-last_activity_at")[:PANEL_LIMIT],

@@ -13,15 +13,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import access, workflow
+from .. import access, selectors, workflow
 from ..diffs import diff_fields
-from ..forms import DraftForm
+from ..forms import DRAFT_FIELD_LABELS, DraftForm, return_path
 from ..models import Draft, DraftKind, Incident, Stage
-from .audit import history_for
-from .publications import publication_context
 
 TEMPLATE = "incidents/draft.html"
-FIELD_LABELS = {"title": "Title", "severity": "Severity", "description": "Description", "stage": "Stage"}
 
 
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
@@ -78,11 +75,12 @@ def _context(request: HttpRequest, form: DraftForm, *, kind: str, incident: Inci
         "can_draft": draft is None or access.has_role(request.user, draft.team, access.DRAFTING_ROLES),
         "can_review": draft is not None and access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
         "publication_blocks": [
-            publication_context(request, publication) for publication in draft.publications.order_by("-created_at")
+            selectors.publication_block(request.user, publication, return_to=return_path(request))
+            for publication in draft.publications.order_by("-created_at")
         ]
         if draft
         else [],
-        "history": history_for(
+        "history": selectors.history_for(
             request.user,
             target_type="draft",
             target_ids=[draft.pk],
@@ -219,7 +217,7 @@ def draft_detail(request: HttpRequest, pk: int) -> HttpResponse:
     except workflow.EditConflict as exc:
         context.update(
             conflict=exc.current,
-            conflict_diff=diff_fields(workflow.draft_fields(exc.current), form.draft_fields(), FIELD_LABELS),
+            conflict_diff=diff_fields(workflow.draft_fields(exc.current), form.draft_fields(), DRAFT_FIELD_LABELS),
         )
         return _render(request, context, 409)
     except workflow.WorkflowError as exc:

@@ -1,7 +1,7 @@
 """A publication's status (a self-refreshing fragment) and the human actions approvers may take on a failed,
 needs-attention or duplicated publication. The actions themselves live in publishing.py.
 
-Other pages include ``incidents/_publication.html`` with the context from ``publication_context``.
+Other pages include ``incidents/_publication.html`` with the context from ``selectors.publication_block``.
 """
 
 from __future__ import annotations
@@ -12,49 +12,22 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import access, notifications, publishing
-from ..models import Publication, PublicationState
+from .. import access, publishing, selectors
+from ..forms import next_path, return_path
+from ..models import Publication
 
 FRAGMENT = "incidents/_publication.html"
 PAGE = "incidents/publication.html"
 
 
 def publication_context(request: HttpRequest, publication: Publication, **extra: Any) -> dict[str, Any]:
-    """Everything ``_publication.html`` needs: the row, its attempts, what it waits for, whether this user may
-    act on it (and if not, who can)."""
-    is_approver = access.has_role(request.user, publication.team_id, access.REVIEWING_ROLES)
-    waiting_for = publishing.ahead_of(publication) if publication.state in publishing.CLAIMABLE_FOR_SEND else None
-    return {
-        "publication": publication,
-        "attempts": publication.attempt_rows.order_by("number"),
-        "can_act": publication.needs_human and is_approver,
-        "can_delete_duplicates": publication.state == PublicationState.DUPLICATE_DETECTED
-        and publication.request.method == "POST",
-        "approvers": list(notifications.team_approvers(publication.team).order_by("username"))
-        if publication.needs_human and not is_approver
-        else [],
-        "waiting_for": waiting_for,
-        "return_to": request.get_full_path() if not request.htmx else _return_to(request),
-        **extra,
-    }
+    return selectors.publication_block(request.user, publication, return_to=return_path(request), **extra)
 
 
 def _scoped(request: HttpRequest, pk: int) -> Publication:
     return access.get_scoped_or_404(access.publications(request.user), pk=pk)
-
-
-def _return_to(request: HttpRequest) -> str:
-    """The page to go back to after an action: a path on this site (``/...``), or "". Anything else is ignored:
-    another site is an open redirect, and ``redirect()`` reads a bare word ("-1") as a view name (a 500)."""
-    candidate = request.POST.get("next") or request.GET.get("next") or ""
-    if candidate.startswith("/") and url_has_allowed_host_and_scheme(
-        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return candidate
-    return ""
 
 
 @require_GET
@@ -84,7 +57,7 @@ def _act(request: HttpRequest, pk: int, *, action: str, run) -> HttpResponse:
         messages.error(request, error)
     else:
         messages.success(request, f"{publication}: {publication.get_state_display().lower()}.")
-    return HttpResponseRedirect(_return_to(request) or reverse("incidents:publication_status", args=[publication.pk]))
+    return HttpResponseRedirect(next_path(request) or reverse("incidents:publication_status", args=[publication.pk]))
 
 
 @require_POST

@@ -13,9 +13,8 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from .. import access, workflow
 from ..diffs import diff_fields
-from ..forms import ReviewForm
+from ..forms import DRAFT_FIELD_LABELS, ReviewForm
 from ..models import DraftKind, DraftState, ReviewDecision
-from .drafts import FIELD_LABELS
 
 
 def _incident_state(draft) -> dict[str, str]:
@@ -41,9 +40,9 @@ def review_context(request: HttpRequest, draft) -> dict:
         "decisions": ReviewDecision,
     }
     if revision is not None and previous is not None:
-        context["revision_diff"] = diff_fields(previous.fields, revision.fields, FIELD_LABELS)
+        context["revision_diff"] = diff_fields(previous.fields, revision.fields, DRAFT_FIELD_LABELS)
     if revision is not None and draft.kind == DraftKind.UPDATE:
-        context["incident_diff"] = diff_fields(_incident_state(draft), revision.fields, FIELD_LABELS)
+        context["incident_diff"] = diff_fields(_incident_state(draft), revision.fields, DRAFT_FIELD_LABELS)
     return context
 
 
