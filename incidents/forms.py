@@ -19,6 +19,7 @@ from . import access
 from .models import (
     COMMENT_MAX_LENGTH,
     DESCRIPTION_MAX_LENGTH,
+    DRAFT_FIELDS,
     TITLE_MAX_LENGTH,
     DraftKind,
     Incident,
@@ -128,11 +129,11 @@ class DraftForm(forms.Form):
 
     def draft_fields(self) -> dict[str, str]:
         data = self.cleaned_data
-        return {name: data.get(name) or "" for name in ("title", "severity", "description", "stage")}
+        return {name: data.get(name) or "" for name in DRAFT_FIELDS}
 
 
-# How the diffs on the review and conflict views name the draft's fields.
-DRAFT_FIELD_LABELS = {"title": "Title", "severity": "Severity", "description": "Description", "stage": "Stage"}
+# How the diffs on the review and conflict views name the draft's fields: as the form does.
+DRAFT_FIELD_LABELS = {name: DraftForm.base_fields[name].label for name in DRAFT_FIELDS}
 
 
 class ReviewForm(forms.Form):

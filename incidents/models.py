@@ -164,6 +164,10 @@ PUBLISHING_DRAFT_STATES = (
 )
 
 
+# The fields of a draft that say what the public sees: what a revision freezes, the form edits and diffs show.
+DRAFT_FIELDS = ("title", "severity", "description", "stage")
+
+
 class Draft(models.Model):
     """A proposed change to what the public sees. Only workflow.py changes its state."""
 

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from . import access, audit, enqueue, isdown, notifications
 from .models import (
+    DRAFT_FIELDS,
     EDITABLE_DRAFT_STATES,
     PUBLISHING_DRAFT_STATES,
     Draft,
@@ -39,8 +40,6 @@ from .models import (
     RevisionRequest,
     Service,
 )
-
-DRAFT_FIELDS = ("title", "severity", "description", "stage")
 
 
 class WorkflowError(Exception):

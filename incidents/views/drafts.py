@@ -16,7 +16,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from .. import access, selectors, workflow
 from ..diffs import diff_fields
 from ..forms import DRAFT_FIELD_LABELS, DraftForm, return_path
-from ..models import Draft, DraftKind, Incident, Stage
+from ..models import DRAFT_FIELDS, Draft, DraftKind, Incident, Stage
 
 TEMPLATE = "incidents/draft.html"
 
@@ -27,7 +27,7 @@ def _redirect(request: HttpRequest, url: str) -> HttpResponse:
 
 def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[str, Any]:
     """What the status page will show and the exact request, built from the form as it stands."""
-    raw = {name: form.data.get(name, "") for name in ("title", "severity", "description", "stage")}
+    raw = {name: form.data.get(name, "") for name in DRAFT_FIELDS}
     preview: dict[str, Any] = {
         "raw": raw,
         "valid": form.is_valid(),

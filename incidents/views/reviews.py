@@ -14,12 +14,13 @@ from django_htmx.http import HttpResponseClientRedirect
 from .. import access, workflow
 from ..diffs import diff_fields
 from ..forms import DRAFT_FIELD_LABELS, ReviewForm
-from ..models import DraftKind, DraftState, ReviewDecision
+from ..models import DRAFT_FIELDS, DraftKind, DraftState, ReviewDecision
 
 
 def _incident_state(draft) -> dict[str, str]:
+    # An update's description is a new entry on IsDown, never an edit of an earlier one: it compares with nothing.
     incident = draft.incident
-    return {"title": incident.title, "severity": incident.severity, "description": "", "stage": incident.stage}
+    return {name: "" if name == "description" else getattr(incident, name) for name in DRAFT_FIELDS}
 
 
 def review_context(request: HttpRequest, draft) -> dict:
