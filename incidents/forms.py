@@ -127,6 +127,13 @@ class DraftForm(forms.Form):
                 raise forms.ValidationError("Nothing to send: change the title or severity, or write an update.")
         return data
 
+    def target_service(self) -> Service:
+        """The service the draft is for: the one chosen (a new incident) or the incident's (an update)."""
+        if self.kind == DraftKind.OPEN:
+            return self.cleaned_data["service"]
+        assert self.incident is not None, "an update form has its incident"
+        return self.incident.service
+
     def draft_fields(self) -> dict[str, str]:
         data = self.cleaned_data
         return {name: data.get(name) or "" for name in DRAFT_FIELDS}

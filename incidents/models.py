@@ -152,7 +152,23 @@ class DraftState(models.TextChoices):
     DISCARDED = "discarded", "Discarded"
 
 
+# The groups of draft states, each named once. Its author may still edit (and submit, or discard) it:
 EDITABLE_DRAFT_STATES = (DraftState.DRAFT, DraftState.CHANGES_REQUESTED)
+# Locked for editing while approvers decide on it; its author may withdraw it.
+REVIEWABLE_DRAFT_STATES = (DraftState.IN_REVIEW,)
+# Not on IsDown yet, and not given up: an incident's timeline shows these drafts as pending.
+PENDING_DRAFT_STATES = (DraftState.DRAFT, DraftState.IN_REVIEW, DraftState.CHANGES_REQUESTED, DraftState.APPROVED)
+# Its authors still follow it (to edit it, to see it published, to read a verdict): the dashboard's "My drafts".
+FOLLOWED_DRAFT_STATES = (
+    DraftState.DRAFT,
+    DraftState.IN_REVIEW,
+    DraftState.CHANGES_REQUESTED,
+    DraftState.APPROVED,
+    DraftState.PUBLISHING,
+    DraftState.FAILED,
+    DraftState.NEEDS_ATTENTION,
+    DraftState.REJECTED,
+)
 # After approval a draft mirrors its publications (workflow.follow_publications); these are its states then.
 PUBLISHING_DRAFT_STATES = (
     DraftState.APPROVED,

@@ -17,7 +17,7 @@ from django.db.models import Max, Q, QuerySet
 from django.urls import reverse
 
 from . import access, notifications, publishing
-from .models import AuditEvent, Draft, DraftState, Incident, Publication, PublicationState, Team
+from .models import REVIEWABLE_DRAFT_STATES, AuditEvent, Draft, Incident, Publication, PublicationState, Team
 
 AUDIT_PAGE_SIZE = 50
 # The ``team`` filter value for the team-less events (sign-ins) only staff may read.
@@ -152,7 +152,7 @@ def awaiting_review(user) -> QuerySet[Draft]:
     """Drafts in review in teams where I approve, that I never edited (four eyes); oldest first."""
     return (
         access.drafts(user)
-        .filter(team_id__in=access.team_ids(user, access.REVIEWING_ROLES), state=DraftState.IN_REVIEW)
+        .filter(team_id__in=access.team_ids(user, access.REVIEWING_ROLES), state__in=REVIEWABLE_DRAFT_STATES)
         .exclude(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]))
         .annotate(submitted_at=Max("revisions__created_at"))
         .order_by("submitted_at", "id")

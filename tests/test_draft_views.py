@@ -209,6 +209,20 @@ def test_editing_during_review_gets_a_clear_message(in_review, responder, as_use
     assert b"Cannot save: the draft is in review now." in response.content
 
 
+def test_moving_a_draft_to_another_service_is_refused_next_to_the_field(
+    draft, responder, api_service, dashboard_service, as_user
+):
+    response = as_user(responder).post(
+        f"/drafts/{draft.pk}/", {**FIELDS, "service": dashboard_service.pk, "version": 1, "action": "submit"}
+    )
+    assert response.status_code == 422
+    assert (
+        'id="errors-service"><p class="field-error">The service of a draft cannot change' in response.content.decode()
+    )
+    draft.refresh_from_db()
+    assert (draft.service_id, draft.version, draft.state) == (api_service.pk, 1, DraftState.DRAFT)
+
+
 @pytest.mark.parametrize("headers", [{}, HX])
 def test_withdraw_and_discard(in_review, responder, as_user, headers):
     client = as_user(responder)

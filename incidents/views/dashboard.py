@@ -8,18 +8,8 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from .. import access, heartbeat, selectors
-from ..models import HUMAN_PUBLICATION_STATES, DraftState, Notification, NotificationState, PublicationState
+from ..models import FOLLOWED_DRAFT_STATES, HUMAN_PUBLICATION_STATES, Notification, NotificationState, PublicationState
 
-MY_DRAFT_STATES = (
-    DraftState.DRAFT,
-    DraftState.IN_REVIEW,
-    DraftState.CHANGES_REQUESTED,
-    DraftState.APPROVED,
-    DraftState.PUBLISHING,
-    DraftState.FAILED,
-    DraftState.NEEDS_ATTENTION,
-    DraftState.REJECTED,
-)
 PANEL_LIMIT = 20
 
 
@@ -28,7 +18,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     user = request.user
     my_drafts = (
         access.drafts(user)
-        .filter(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]), state__in=MY_DRAFT_STATES)
+        .filter(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]), state__in=FOLLOWED_DRAFT_STATES)
         .prefetch_related("revisions__review__reviewer")
         .order_by("-updated_at")[:PANEL_LIMIT]
     )

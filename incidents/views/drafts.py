@@ -19,6 +19,8 @@ from ..forms import DRAFT_FIELD_LABELS, DraftForm, return_path
 from ..models import DRAFT_FIELDS, Draft, DraftKind, Incident, Stage
 
 TEMPLATE = "incidents/draft.html"
+# The buttons of a draft that is not being edited; each is one workflow action.
+DRAFT_ACTIONS = {"withdraw": workflow.withdraw, "discard": workflow.discard}
 
 
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
@@ -34,8 +36,9 @@ def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[s
         "stage_label": dict(Stage.choices).get(raw["stage"]),
     }
     if preview["valid"]:
-        service = form.cleaned_data["service"] if kind == DraftKind.OPEN else incident.service
-        request = workflow.build_request(kind=kind, service=service, incident=incident, fields=form.draft_fields())
+        request = workflow.build_request(
+            kind=kind, service=form.target_service(), incident=incident, fields=form.draft_fields()
+        )
         preview.update(
             method=request.method,
             path=request.path,
@@ -156,13 +159,17 @@ def _new(request: HttpRequest, *, kind: str, incident: Incident | None) -> HttpR
     if action not in ("save", "submit") or not form.is_valid():
         status = 422 if form.errors else 200
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), status)
-    service = form.cleaned_data["service"] if kind == DraftKind.OPEN else incident.service
+    service, fields = form.target_service(), form.draft_fields()
     try:
-        draft = workflow.create(
-            user=request.user, service=service, kind=kind, fields=form.draft_fields(), incident=incident
-        )
         if action == "submit":
-            workflow.submit(draft_id=draft.pk, user=request.user)
+            revision = workflow.create_and_submit(
+                user=request.user, service=service, kind=kind, fields=fields, incident=incident
+            )
+            draft_id = revision.draft_id
+        else:
+            draft_id = workflow.create(
+                user=request.user, service=service, kind=kind, fields=fields, incident=incident
+            ).pk
     except workflow.WorkflowError as exc:
         form.add_error(None, str(exc))
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), 422)
@@ -170,7 +177,7 @@ def _new(request: HttpRequest, *, kind: str, incident: Incident | None) -> HttpR
         messages.success(request, "Submitted for review. Approvers of your team have been notified.")
     else:
         messages.success(request, "Draft saved.")
-    return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft.pk}))
+    return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft_id}))
 
 
 @require_http_methods(["GET", "POST"])
@@ -184,9 +191,9 @@ def draft_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
     action = request.POST.get("action", "save")
     access.require_role(request.user, draft.team, access.DRAFTING_ROLES, action="change a draft")
-    if action in ("withdraw", "discard"):
+    if action in DRAFT_ACTIONS:
         try:
-            getattr(workflow, action)(draft_id=draft.pk, user=request.user)
+            DRAFT_ACTIONS[action](draft_id=draft.pk, user=request.user)
         except workflow.WorkflowError as exc:
             messages.error(request, str(exc))
         else:
@@ -198,30 +205,35 @@ def draft_detail(request: HttpRequest, pk: int) -> HttpResponse:
     form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident)
     if action == "validate":
         return _validate(request, form, kind=kind, incident=incident)
-    context = _context(request, form, kind=kind, incident=incident, draft=draft)
     if action not in ("save", "submit") or not form.is_valid():
+        context = _context(request, form, kind=kind, incident=incident, draft=draft)
         return _render(request, context, 422 if form.errors else 200)
-    if kind == DraftKind.OPEN and form.cleaned_data["service"].pk != draft.service_id:
-        form.add_error("service", "The service of a draft cannot change; start a new draft for another service.")
-        return _render(request, context, 422)
+    save_draft = workflow.save_and_submit if action == "submit" else workflow.save
     try:
-        version = int(request.POST.get("version", "0"))
-    except ValueError:
-        version = 0
-    try:
-        draft = workflow.save(
-            draft_id=draft.pk, user=request.user, expected_version=version, fields=form.draft_fields()
+        save_draft(
+            draft_id=draft.pk,
+            user=request.user,
+            expected_version=_version(request),
+            fields=form.draft_fields(),
+            service=form.cleaned_data.get("service"),
         )
-        if action == "submit":
-            workflow.submit(draft_id=draft.pk, user=request.user, expected_version=draft.version)
     except workflow.EditConflict as exc:
+        context = _context(request, form, kind=kind, incident=incident, draft=draft)
         context.update(
             conflict=exc.current,
             conflict_diff=diff_fields(workflow.draft_fields(exc.current), form.draft_fields(), DRAFT_FIELD_LABELS),
         )
         return _render(request, context, 409)
     except workflow.WorkflowError as exc:
-        form.add_error(None, str(exc))
-        return _render(request, context, 422)
+        form.add_error("service" if isinstance(exc, workflow.ServiceChanged) else None, str(exc))
+        return _render(request, _context(request, form, kind=kind, incident=incident, draft=draft), 422)
     messages.success(request, "Submitted for review." if action == "submit" else "Draft saved.")
     return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft.pk}))
+
+
+def _version(request: HttpRequest) -> int:
+    """The version the form was loaded at; anything unreadable is 0, which no draft has (a conflict)."""
+    try:
+        return int(request.POST.get("version", "0"))
+    except ValueError:
+        return 0

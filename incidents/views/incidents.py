@@ -10,10 +10,9 @@ from django.views.decorators.http import require_GET
 
 from .. import access, selectors
 from ..forms import IncidentFilterForm, return_path
-from ..models import DraftState
+from ..models import PENDING_DRAFT_STATES
 
 PAGE_SIZE = 25
-PENDING_DRAFT_STATES = (DraftState.DRAFT, DraftState.IN_REVIEW, DraftState.CHANGES_REQUESTED, DraftState.APPROVED)
 
 
 @require_GET

@@ -14,7 +14,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from .. import access, workflow
 from ..diffs import diff_fields
 from ..forms import DRAFT_FIELD_LABELS, ReviewForm
-from ..models import DRAFT_FIELDS, DraftKind, DraftState, ReviewDecision
+from ..models import DRAFT_FIELDS, REVIEWABLE_DRAFT_STATES, DraftKind, ReviewDecision
 
 
 def _incident_state(draft) -> dict[str, str]:
@@ -35,7 +35,7 @@ def review_context(request: HttpRequest, draft) -> dict:
             {"request": request, "json": json.dumps(json.loads(request.body or "{}"), indent=2, ensure_ascii=False)}
             for request in (revision.requests.select_related("service").order_by("position") if revision else [])
         ],
-        "in_review": draft.state == DraftState.IN_REVIEW,
+        "in_review": draft.state in REVIEWABLE_DRAFT_STATES,
         "can_review": access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
         "own_revision": revision is not None and request.user.pk in revision.editors,
         "decisions": ReviewDecision,
@@ -62,19 +62,15 @@ def draft_review(request: HttpRequest, pk: int) -> HttpResponse:
         template = "incidents/review.html#decision" if request.htmx else "incidents/review.html"
         return render(request, template, context, status=422)
     decision = ReviewDecision(form.cleaned_data["decision"])
-    arguments = {
-        "draft_id": draft.pk,
-        "revision_id": form.cleaned_data["revision"],
-        "reviewer": request.user,
-        "comment": form.cleaned_data["comment"],
-    }
     try:
-        if decision == ReviewDecision.APPROVE:
-            workflow.approve(**arguments, sha256=form.cleaned_data["sha256"])
-        elif decision == ReviewDecision.REQUEST_CHANGES:
-            workflow.request_changes(**arguments)
-        else:
-            workflow.reject(**arguments)
+        workflow.decide(
+            draft_id=draft.pk,
+            revision_id=form.cleaned_data["revision"],
+            reviewer=request.user,
+            decision=decision,
+            comment=form.cleaned_data["comment"],
+            sha256=form.cleaned_data["sha256"],
+        )
     except workflow.WorkflowError as exc:
         messages.error(request, str(exc))
         url = reverse("incidents:draft_review", kwargs={"pk": draft.pk})
