@@ -3,7 +3,6 @@ so no input reaches the database it cannot hold."""
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,7 +14,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from . import access
+from . import access, audit_actions
 from .models import (
     COMMENT_MAX_LENGTH,
     DESCRIPTION_MAX_LENGTH,
@@ -178,7 +177,21 @@ class IncidentFilterForm(forms.Form):
 
 # --- The audit log ------------------------------------------------------------------------------------------
 DATETIME_HELP = "Site time zone ({tz}); e.g. 2025-03-01 14:30."
-_ACTION_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*\.?\*?$")
+
+
+class AuditActionField(forms.ChoiceField):
+    """One registered action (``draft.submitted``), or every action of a kind (``draft.``, also ``draft.*``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=audit_actions.filter_choices, **kwargs)
+        self.error_messages["invalid_choice"] = (
+            "“%(value)s” is not an action of this log. Choose one from the list: lower-case dotted names such as "
+            "draft.submitted, or draft. for every draft action."
+        )
+
+    def to_python(self, value: Any) -> str:
+        value = super().to_python(value).strip()
+        return value.removesuffix("*") if value.endswith(".*") else value
 
 
 class AuditFilterForm(forms.Form):
@@ -186,9 +199,7 @@ class AuditFilterForm(forms.Form):
 
     team = forms.ChoiceField(required=False, label="Team")
     actor = forms.CharField(required=False, max_length=150, label="Actor", help_text="Username")
-    action = forms.CharField(
-        required=False, max_length=64, label="Action", help_text="Exact (draft.submitted) or prefix (draft.)"
-    )
+    action = AuditActionField(required=False, label="Action")
     target_type = forms.CharField(required=False, max_length=40, label="Target type", help_text="e.g. draft")
     target_id = forms.CharField(required=False, max_length=64, label="Target id")
     target = forms.CharField(required=False, max_length=300, label="Target label contains")
@@ -218,14 +229,6 @@ class AuditFilterForm(forms.Form):
             teams=access.teams(user, access.AUDIT_ROLES).order_by("name"),
             include_no_team=bool(user.is_staff),
         )
-
-    def clean_action(self) -> str:
-        action = self.cleaned_data["action"].strip()
-        if action and not _ACTION_RE.match(action):
-            raise forms.ValidationError(
-                "Actions are lower-case dotted names: draft.submitted, or draft. for every draft action."
-            )
-        return action
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -15,6 +15,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import F, Q
 
+from . import audit_actions
+
 
 class Role(models.TextChoices):
     RESPONDER = "responder", "Responder"
@@ -566,6 +568,11 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action}: {self.summary}"
+
+    @property
+    def action_label(self) -> str:
+        """The action as people read it (audit_actions.py); an action older than the registry reads as itself."""
+        return audit_actions.label(self.action)
 
     def change_lines(self) -> list[tuple[str, str, str]]:
         """``[(field, old, new)]`` as display text from ``{field: [old, new]}``; tolerant of odd shapes (the rows
