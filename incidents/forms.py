@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from . import access, audit_actions
+from .http import HtmxHttpRequest
 from .models import (
     COMMENT_MAX_LENGTH,
     DESCRIPTION_MAX_LENGTH,
@@ -256,7 +257,7 @@ def next_path(request: HttpRequest) -> str:
     return ""
 
 
-def return_path(request: HttpRequest) -> str:
+def return_path(request: HtmxHttpRequest) -> str:
     """Where a publication's action forms send the user back: this page, or, when htmx asks for a fragment,
     the page that holds it (its validated ``next``)."""
     return next_path(request) if request.htmx else request.get_full_path()

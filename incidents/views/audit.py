@@ -11,7 +11,7 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from .. import access, audit, selectors
 from ..forms import AuditFilterForm
+from ..http import HtmxHttpRequest
 
 EXPORT_CHUNK_ROWS = 2000
 FILTER_NAMES = ("team", "actor", "action", "target_type", "target_id", "target", "since", "until")
@@ -56,7 +57,7 @@ def _describe_filters(form: AuditFilterForm) -> dict[str, str]:
     return described
 
 
-def _render_page(request: HttpRequest, form: AuditFilterForm, *, status: int = 200) -> HttpResponse:
+def _render_page(request: HtmxHttpRequest, form: AuditFilterForm, *, status: int = 200) -> HttpResponse:
     page = None
     filters = _filter_query(form)
     if form.is_valid():
@@ -83,12 +84,12 @@ def _render_page(request: HttpRequest, form: AuditFilterForm, *, status: int = 2
 
 # --- Views --------------------------------------------------------------------------------------------------
 @require_GET
-def audit_log(request: HttpRequest) -> HttpResponse:
+def audit_log(request: HtmxHttpRequest) -> HttpResponse:
     _require_audit_reader(request.user)
     return _render_page(request, AuditFilterForm.for_user(request.user, request.GET))
 
 
-def _export(request: HttpRequest, fmt: str) -> HttpResponse:
+def _export(request: HtmxHttpRequest, fmt: str) -> HttpResponse:
     _require_audit_reader(request.user)
     form = AuditFilterForm.for_user(request.user, request.GET)
     if not form.is_valid():
@@ -121,17 +122,17 @@ def _export(request: HttpRequest, fmt: str) -> HttpResponse:
 
 
 @require_GET
-def audit_export_csv(request: HttpRequest) -> HttpResponse:
+def audit_export_csv(request: HtmxHttpRequest) -> HttpResponse:
     return _export(request, "csv")
 
 
 @require_GET
-def audit_export_jsonl(request: HttpRequest) -> HttpResponse:
+def audit_export_jsonl(request: HtmxHttpRequest) -> HttpResponse:
     return _export(request, "jsonl")
 
 
 @require_POST
-def audit_verify(request: HttpRequest) -> HttpResponse:
+def audit_verify(request: HtmxHttpRequest) -> HttpResponse:
     """Recompute the whole chain, record that we did and what we found, and show it."""
     _require_audit_reader(request.user)
     result = audit.verify_chain()

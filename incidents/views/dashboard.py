@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from .. import access, heartbeat, selectors
+from ..http import HtmxHttpRequest
 from ..models import FOLLOWED_DRAFT_STATES, HUMAN_PUBLICATION_STATES, Notification, NotificationState, PublicationState
 
 PANEL_LIMIT = 20
 
 
 @require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     user = request.user
     my_drafts = (
         access.drafts(user)

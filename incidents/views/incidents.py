@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from .. import access, selectors
 from ..forms import IncidentFilterForm, return_path
+from ..http import HtmxHttpRequest
 from ..models import PENDING_DRAFT_STATES
 
 PAGE_SIZE = 25
 
 
 @require_GET
-def incident_list(request: HttpRequest) -> HttpResponse:
+def incident_list(request: HtmxHttpRequest) -> HttpResponse:
     form = IncidentFilterForm(request.GET or None, user=request.user)
     incidents = selectors.incidents_matching(request.user, form.cleaned_data if form.is_valid() else {})
     page = Paginator(incidents, PAGE_SIZE).get_page(request.GET.get("page"))
@@ -33,7 +34,7 @@ def incident_list(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-def incident_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
     team = incident.service.team
     drafts = (

@@ -6,39 +6,41 @@ Other pages include ``incidents/_publication.html`` with the context from ``sele
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import access, publishing, selectors
 from ..forms import next_path, return_path
+from ..http import HtmxHttpRequest
 from ..models import Publication
 
 FRAGMENT = "incidents/_publication.html"
 PAGE = "incidents/publication.html"
 
 
-def publication_context(request: HttpRequest, publication: Publication, **extra: Any) -> dict[str, Any]:
+def publication_context(request: HtmxHttpRequest, publication: Publication, **extra: Any) -> dict[str, Any]:
     return selectors.publication_block(request.user, publication, return_to=return_path(request), **extra)
 
 
-def _scoped(request: HttpRequest, pk: int) -> Publication:
+def _scoped(request: HtmxHttpRequest, pk: int) -> Publication:
     return access.get_scoped_or_404(access.publications(request.user), pk=pk)
 
 
 @require_GET
-def publication_status(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """The fragment for htmx polling (it stops polling itself at a final state), a small page otherwise."""
     publication = _scoped(request, pk)
     template = FRAGMENT if request.htmx else PAGE
     return render(request, template, publication_context(request, publication))
 
 
-def _act(request: HttpRequest, pk: int, *, action: str, run) -> HttpResponse:
+def _act(request: HtmxHttpRequest, pk: int, *, action: str, run: Callable[..., None]) -> HttpResponse:
     publication = _scoped(request, pk)
     access.require_role(request.user, publication.team, access.REVIEWING_ROLES, action=action)
     expected_state = request.POST.get("state") or None
@@ -61,7 +63,7 @@ def _act(request: HttpRequest, pk: int, *, action: str, run) -> HttpResponse:
 
 
 @require_POST
-def publication_retry(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_retry(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.retry_now(publication_id=publication.pk, user=request.user, expected_state=expected_state)
 
@@ -69,7 +71,7 @@ def publication_retry(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def publication_send_again(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_send_again(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.send_again(publication_id=publication.pk, user=request.user, expected_state=expected_state)
 
@@ -77,7 +79,7 @@ def publication_send_again(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def publication_mark_published(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_mark_published(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.mark_published(
             publication_id=publication.pk,
@@ -90,7 +92,7 @@ def publication_mark_published(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def publication_abandon(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_abandon(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.abandon(
             publication_id=publication.pk,
@@ -103,7 +105,7 @@ def publication_abandon(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def publication_delete_duplicates(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_delete_duplicates(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.delete_duplicates(publication_id=publication.pk, user=request.user, expected_state=expected_state)
 
@@ -111,7 +113,7 @@ def publication_delete_duplicates(request: HttpRequest, pk: int) -> HttpResponse
 
 
 @require_POST
-def publication_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_acknowledge(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.acknowledge_duplicate(
             publication_id=publication.pk,
