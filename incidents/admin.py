@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db import transaction
 from django.forms.models import model_to_dict
 
 from . import audit
@@ -43,7 +44,8 @@ def audit_change(request, obj, before: dict[str, Any] | None, *, deleted: bool =
 
 
 class AuditedAdmin(admin.ModelAdmin):
-    """The admin runs each change view in a transaction, so the audit row commits with the change."""
+    """The admin runs each change and delete view in a transaction, so the audit row commits with the change;
+    its bulk delete action does not, so ``delete_queryset`` opens one."""
 
     def save_model(self, request, obj, form, change) -> None:
         # Read "before" from the database: by now the form has already written the new values onto ``obj``.
@@ -61,9 +63,11 @@ class AuditedAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset) -> None:
         # Django's bulk "delete selected" calls queryset.delete(): one SQL DELETE that goes through no
         # delete_model, so nothing would be audited. One by one, each deletion writes its own event with the
-        # row's last values.
-        for obj in queryset:
-            self.delete_model(request, obj)
+        # row's last values; in one transaction, because Django runs admin actions outside one: a failed audit
+        # write must undo every deletion of the batch.
+        with transaction.atomic():
+            for obj in queryset:
+                self.delete_model(request, obj)
 
     def save_formset(self, request, form, formset, change) -> None:
         # The inlines (a team's memberships) are saved by formset.save(), which calls no save_model or
