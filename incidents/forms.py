@@ -29,7 +29,6 @@ from .models import (
     Stage,
     Team,
 )
-from .selectors import NO_TEAM
 
 # Ids and versions are PostgreSQL bigints at most: a larger number names nothing.
 ID_MAX = 2**63 - 1
@@ -98,8 +97,8 @@ class DraftForm(forms.Form):
             self.fields["description"].help_text = "Posted as a new update. Description and stage go together."
         for name, field in self.fields.items():
             field.widget.attrs.setdefault("id", f"id_{name}")
-        self.fields["title"].widget.attrs["maxlength"] = TITLE_MAX_LENGTH
-        self.fields["description"].widget.attrs.update({"maxlength": DESCRIPTION_MAX_LENGTH, "rows": 8})
+        # The widgets' maxlength comes from each field's max_length (Django sets it); the page's counters too.
+        self.fields["description"].widget.attrs["rows"] = 8
 
     def clean_title(self) -> str:
         title = self.cleaned_data["title"]
@@ -149,7 +148,7 @@ class ReviewForm(forms.Form):
     # The SHA-256 the reviewer was shown: an approval binds to it.
     sha256 = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
     comment = forms.CharField(
-        label="Comment", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 3})
+        label="Comment", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 4})
     )
 
     def clean(self) -> dict[str, Any]:
@@ -178,6 +177,8 @@ class IncidentFilterForm(forms.Form):
 
 # --- The audit log ------------------------------------------------------------------------------------------
 DATETIME_HELP = "Site time zone ({tz}); e.g. 2025-03-01 14:30."
+# The ``team`` filter value for the team-less events (sign-ins) only staff may read.
+NO_TEAM = "none"
 
 
 class AuditActionField(forms.ChoiceField):
@@ -243,6 +244,18 @@ class AuditFilterForm(forms.Form):
         if cleaned.get("before") and cleaned.get("after"):
             raise forms.ValidationError("A page link has both “before” and “after”; follow a link from the page.")
         return cleaned
+
+
+# --- A publication's human actions -------------------------------------------------------------------------
+class PublicationActionForm(forms.Form):
+    """The inputs of an approver's actions on a publication (``_publication.html``): the IsDown incident id of
+    "mark as published", the reason of "abandon", the note of "acknowledge". The page's limits come from here;
+    views/publications.py cuts a reason or a note at the same length."""
+
+    # "#" and up to 18 digits, with room for stray spaces; publishing.mark_published checks the id itself.
+    remote_id = forms.CharField(required=False, max_length=20)
+    reason = forms.CharField(required=False, max_length=COMMENT_MAX_LENGTH)
+    note = forms.CharField(required=False, max_length=COMMENT_MAX_LENGTH)
 
 
 # --- Where to go back to ------------------------------------------------------------------------------------

@@ -17,11 +17,10 @@ from django.db.models import Max, Q, QuerySet
 from django.urls import reverse
 
 from . import access, notifications, publishing
+from .forms import NO_TEAM, PublicationActionForm
 from .models import REVIEWABLE_DRAFT_STATES, AuditEvent, Draft, Incident, Publication, PublicationState, Team
 
 AUDIT_PAGE_SIZE = 50
-# The ``team`` filter value for the team-less events (sign-ins) only staff may read.
-NO_TEAM = "none"
 
 
 # --- The audit log ------------------------------------------------------------------------------------------
@@ -194,5 +193,6 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
         else [],
         "waiting_for": waiting_for,
         "return_to": return_to,
+        "action_form": PublicationActionForm(),
         **extra,
     }

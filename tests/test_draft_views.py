@@ -217,7 +217,8 @@ def test_moving_a_draft_to_another_service_is_refused_next_to_the_field(
     )
     assert response.status_code == 422
     assert (
-        'id="errors-service"><p class="field-error">The service of a draft cannot change' in response.content.decode()
+        '<div id="errors-service"><p class="field-error" id="id_service-error">The service of a draft cannot change'
+        in response.content.decode()
     )
     draft.refresh_from_db()
     assert (draft.service_id, draft.version, draft.state) == (api_service.pk, 1, DraftState.DRAFT)

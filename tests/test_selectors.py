@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from incidents import audit, selectors, workflow
+from incidents import audit, forms, selectors, workflow
 from incidents.models import DraftKind, Severity
 
 from .factories import IncidentFactory
@@ -52,4 +52,4 @@ def test_audit_scope_teams_are_the_teams_i_audit(auditor, staff, platform, data_
     assert selectors.audit_scope_teams(auditor, str(data_team.pk)) == []
     # Staff also act on the team-less events, which only they may read.
     assert selectors.audit_scope_teams(staff, "") == [None]
-    assert selectors.audit_scope_teams(staff, selectors.NO_TEAM) == [None]
+    assert selectors.audit_scope_teams(staff, forms.NO_TEAM) == [None]

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .. import access, publishing, selectors
 from ..forms import next_path, return_path
 from ..http import HtmxHttpRequest
-from ..models import Publication
+from ..models import COMMENT_MAX_LENGTH, Publication
 
 FRAGMENT = "incidents/_publication.html"
 PAGE = "incidents/publication.html"
@@ -84,6 +84,7 @@ def publication_mark_published(request: HtmxHttpRequest, pk: int) -> HttpRespons
         publishing.mark_published(
             publication_id=publication.pk,
             user=request.user,
+            # Only a bound against huge input: mark_published itself refuses anything but up to 18 digits.
             remote_id=request.POST.get("remote_id", "")[:100],
             expected_state=expected_state,
         )
@@ -97,7 +98,7 @@ def publication_abandon(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         publishing.abandon(
             publication_id=publication.pk,
             user=request.user,
-            reason=request.POST.get("reason", "")[:2000],
+            reason=request.POST.get("reason", "")[:COMMENT_MAX_LENGTH],
             expected_state=expected_state,
         )
 
@@ -118,7 +119,7 @@ def publication_acknowledge(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         publishing.acknowledge_duplicate(
             publication_id=publication.pk,
             user=request.user,
-            note=request.POST.get("note", "")[:2000],
+            note=request.POST.get("note", "")[:COMMENT_MAX_LENGTH],
             expected_state=expected_state,
         )
 
