@@ -7,9 +7,19 @@ from django.core import mail
 from django.db import transaction
 
 from incidents import notifications, workflow
-from incidents.models import AuditEvent, Draft, DraftKind, DraftState, Notification, Publication, Review
+from incidents.models import (
+    AuditEvent,
+    Draft,
+    DraftKind,
+    DraftState,
+    Notification,
+    Publication,
+    PublicationState,
+    Review,
+)
 
 from .factories import IncidentFactory
+from .publishing.factories import approved_publication
 
 pytestmark = pytest.mark.django_db
 
@@ -497,3 +507,20 @@ def test_submit_emails_the_teams_other_approvers_with_a_link(
     for message in mail.outbox:
         assert "Review needed" in message.subject
         assert f"{settings.SITE_URL}/drafts/{draft.pk}/review/" in message.body
+
+
+def test_draft_and_incident_pages_show_a_publications_actions_and_who_decides(
+    api_service, responder, approver, as_user
+):
+    duplicated = approved_publication(service=api_service, author=responder)
+    Publication.objects.filter(pk=duplicated.pk).update(state=PublicationState.DUPLICATE_DETECTED)
+    draft_page = f"/drafts/{duplicated.draft_id}/"
+    assert "Delete the duplicate on IsDown" in as_user(approver).get(draft_page).content.decode()
+    assert "An approver of Platform must decide" in as_user(responder).get(draft_page).content.decode()
+
+    incident = IncidentFactory(service=api_service, remote_id="4711")
+    failed = approved_publication(service=api_service, author=responder, kind=DraftKind.UPDATE, incident=incident)
+    Publication.objects.filter(pk=failed.pk).update(state=PublicationState.FAILED)
+    body = as_user(responder).get(f"/incidents/{incident.pk}/").content.decode()
+    assert "An approver of Platform must decide" in body
+    assert "approver@example.com" in body
