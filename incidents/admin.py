@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db import transaction
 from django.forms.models import model_to_dict
 
 from . import audit
@@ -43,9 +44,11 @@ def audit_change(request, obj, before: dict[str, Any] | None, *, deleted: bool =
 
 
 class AuditedAdmin(admin.ModelAdmin):
-    """The admin runs each change view in a transaction, so the audit row commits with the change."""
+    """The admin runs each change and delete view in a transaction, so the audit row commits with the change;
+    its bulk delete action does not, so ``delete_queryset`` opens one."""
 
     def save_model(self, request, obj, form, change) -> None:
+        # Read "before" from the database: by now the form has already written the new values onto ``obj``.
         before = _snapshot(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
         super().save_model(request, obj, form, change)
         audit_change(request, obj, before)
@@ -53,19 +56,29 @@ class AuditedAdmin(admin.ModelAdmin):
     def delete_model(self, request, obj) -> None:
         before, pk = _snapshot(obj), obj.pk
         super().delete_model(request, obj)
+        # delete() sets the pk to None; the audit row must still name the id that was deleted.
         obj.pk = pk
         audit_change(request, obj, before, deleted=True)
 
     def delete_queryset(self, request, queryset) -> None:
-        for obj in queryset:
-            self.delete_model(request, obj)
+        # Django's bulk "delete selected" calls queryset.delete(): one SQL DELETE that goes through no
+        # delete_model, so nothing would be audited. One by one, each deletion writes its own event with the
+        # row's last values; in one transaction, because Django runs admin actions outside one: a failed audit
+        # write must undo every deletion of the batch.
+        with transaction.atomic():
+            for obj in queryset:
+                self.delete_model(request, obj)
 
     def save_formset(self, request, form, formset, change) -> None:
+        # The inlines (a team's memberships) are saved by formset.save(), which calls no save_model or
+        # delete_model: audit each row here. Validation has already written the new values onto the forms'
+        # instances, so "before" is read from the database, for the rows that still exist there.
         befores = {
             obj.pk: _snapshot(type(obj).objects.get(pk=obj.pk))
             for obj in (f.instance for f in formset.forms)
             if obj.pk and type(obj).objects.filter(pk=obj.pk).exists()
         }
+        # commit=False: save and delete each row ourselves, so each change is followed by its event.
         instances = formset.save(commit=False)
         for obj in formset.deleted_objects:
             before, pk = _snapshot(obj), obj.pk

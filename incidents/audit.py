@@ -1,4 +1,5 @@
-"""The audit log: append inside the caller's transaction, verify the hash chain, stream exports.
+"""The audit log: append inside the caller's transaction, verify the hash chain, stream exports. What an event
+may record is in ``audit_actions.py``.
 
 Every event is chained: ``hash = sha256(prev_hash + canonical JSON of the row)``. Appends serialize on a
 transaction-scoped Postgres advisory lock, so ``seq`` is gap-free and the chain has no forks; if the
@@ -22,6 +23,7 @@ from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
+from . import audit_actions
 from .models import AuditEvent, Team
 
 GENESIS_HASH = "0" * 64
@@ -105,8 +107,10 @@ def record(
     """Append one event, chained to the previous one, inside the caller's transaction.
 
     ``actor`` is a user or None (then ``actor_label`` names the system actor); ``team`` a Team or None;
-    ``target`` any model instance. Labels are snapshotted so the row survives deletions.
+    ``target`` any model instance. Labels are snapshotted so the row survives deletions. ``action`` must be
+    registered in ``audit_actions`` (UnregisteredAction otherwise: nothing is written).
     """
+    audit_actions.require_recordable(action)
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from . import access
+from . import access, selectors
 
 
 def navigation(request) -> dict[str, object]:
@@ -19,11 +19,5 @@ def navigation(request) -> dict[str, object]:
         return context
     context["my_memberships"] = list(access.memberships(user))
     context["can_read_audit_log"] = access.can_read_audit_log(user)
-    context["review_count"] = _review_count(user)
+    context["review_count"] = selectors.awaiting_review(user).count()
     return context
-
-
-def _review_count(user) -> int:
-    from .views.dashboard import awaiting_review
-
-    return awaiting_review(user).count()

@@ -4,16 +4,22 @@ so no input reaches the database it cannot hold."""
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 
-from . import access
+from . import access, audit_actions
+from .http import HtmxHttpRequest
 from .models import (
     COMMENT_MAX_LENGTH,
     DESCRIPTION_MAX_LENGTH,
+    DRAFT_FIELDS,
     TITLE_MAX_LENGTH,
     DraftKind,
     Incident,
@@ -21,6 +27,7 @@ from .models import (
     Service,
     Severity,
     Stage,
+    Team,
 )
 
 # Ids and versions are PostgreSQL bigints at most: a larger number names nothing.
@@ -90,8 +97,8 @@ class DraftForm(forms.Form):
             self.fields["description"].help_text = "Posted as a new update. Description and stage go together."
         for name, field in self.fields.items():
             field.widget.attrs.setdefault("id", f"id_{name}")
-        self.fields["title"].widget.attrs["maxlength"] = TITLE_MAX_LENGTH
-        self.fields["description"].widget.attrs.update({"maxlength": DESCRIPTION_MAX_LENGTH, "rows": 8})
+        # The widgets' maxlength comes from each field's max_length (Django sets it); the page's counters too.
+        self.fields["description"].widget.attrs["rows"] = 8
 
     def clean_title(self) -> str:
         title = self.cleaned_data["title"]
@@ -119,9 +126,20 @@ class DraftForm(forms.Form):
                 raise forms.ValidationError("Nothing to send: change the title or severity, or write an update.")
         return data
 
+    def target_service(self) -> Service:
+        """The service the draft is for: the one chosen (a new incident) or the incident's (an update)."""
+        if self.kind == DraftKind.OPEN:
+            return self.cleaned_data["service"]
+        assert self.incident is not None, "an update form has its incident"
+        return self.incident.service
+
     def draft_fields(self) -> dict[str, str]:
         data = self.cleaned_data
-        return {name: data.get(name) or "" for name in ("title", "severity", "description", "stage")}
+        return {name: data.get(name) or "" for name in DRAFT_FIELDS}
+
+
+# How the diffs on the review and conflict views name the draft's fields: as the form does.
+DRAFT_FIELD_LABELS = {name: DraftForm.base_fields[name].label for name in DRAFT_FIELDS}
 
 
 class ReviewForm(forms.Form):
@@ -130,7 +148,7 @@ class ReviewForm(forms.Form):
     # The SHA-256 the reviewer was shown: an approval binds to it.
     sha256 = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
     comment = forms.CharField(
-        label="Comment", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 3})
+        label="Comment", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 4})
     )
 
     def clean(self) -> dict[str, Any]:
@@ -155,3 +173,104 @@ class IncidentFilterForm(forms.Form):
     def __init__(self, *args: Any, user, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields["service"].queryset = access.services(user)
+
+
+# --- The audit log ------------------------------------------------------------------------------------------
+DATETIME_HELP = "Site time zone ({tz}); e.g. 2025-03-01 14:30."
+# The ``team`` filter value for the team-less events (sign-ins) only staff may read.
+NO_TEAM = "none"
+
+
+class AuditActionField(forms.ChoiceField):
+    """One registered action (``draft.submitted``), or every action of a kind (``draft.``, also ``draft.*``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=audit_actions.filter_choices, **kwargs)
+        self.error_messages["invalid_choice"] = (
+            "“%(value)s” is not an action of this log. Choose one from the list: lower-case dotted names such as "
+            "draft.submitted, or draft. for every draft action."
+        )
+
+    def to_python(self, value: Any) -> str:
+        value = super().to_python(value).strip()
+        return value.removesuffix("*") if value.endswith(".*") else value
+
+
+class AuditFilterForm(forms.Form):
+    """The audit-log filters; the team choices depend on the user's teams (``for_user``)."""
+
+    team = forms.ChoiceField(required=False, label="Team")
+    actor = forms.CharField(required=False, max_length=150, label="Actor", help_text="Username")
+    action = AuditActionField(required=False, label="Action")
+    target_type = forms.CharField(required=False, max_length=40, label="Target type", help_text="e.g. draft")
+    target_id = forms.CharField(required=False, max_length=64, label="Target id")
+    target = forms.CharField(required=False, max_length=300, label="Target label contains")
+    since = forms.DateTimeField(required=False, label="From")
+    until = forms.DateTimeField(required=False, label="To", help_text="Up to the end of that minute")
+    # A seq is a bigint: a larger cursor names no event.
+    before = forms.IntegerField(required=False, min_value=1, max_value=ID_MAX, widget=forms.HiddenInput)
+    after = forms.IntegerField(required=False, min_value=1, max_value=ID_MAX, widget=forms.HiddenInput)
+
+    def __init__(self, data: Mapping[str, Any] | None, *, teams: Iterable[Team], include_no_team: bool):
+        super().__init__(data)
+        choices = [("", "All my teams"), *((str(team.pk), team.name) for team in teams)]
+        if include_no_team:
+            choices.append((NO_TEAM, "No team (sign-ins; staff only)"))
+        self.fields["team"].choices = choices
+        tz_help = DATETIME_HELP.format(tz=timezone.get_current_timezone_name())
+        for name in ("since", "until"):
+            self.fields[name].widget = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
+            self.fields[name].error_messages["invalid"] = "Enter a date and time, e.g. 2025-03-01 14:30."
+        self.fields["since"].help_text = tz_help
+
+    @classmethod
+    def for_user(cls, user, data: Mapping[str, Any] | None) -> AuditFilterForm:
+        """The form as ``user`` sees it: the teams they audit, and the team-less events if they are staff."""
+        return cls(
+            data,
+            teams=access.teams(user, access.AUDIT_ROLES).order_by("name"),
+            include_no_team=bool(user.is_staff),
+        )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in ("before", "after"):
+            if name in self._errors:  # hidden fields: say it at the top of the form, plainly
+                del self._errors[name]
+                self.add_error(None, f"This page link is broken ({name}= must be a positive whole number).")
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since > until:
+            self.add_error("until", "“To” is before “From”.")
+        if cleaned.get("before") and cleaned.get("after"):
+            raise forms.ValidationError("A page link has both “before” and “after”; follow a link from the page.")
+        return cleaned
+
+
+# --- A publication's human actions -------------------------------------------------------------------------
+class PublicationActionForm(forms.Form):
+    """The inputs of an approver's actions on a publication (``_publication.html``): the IsDown incident id of
+    "mark as published", the reason of "abandon", the note of "acknowledge". The page's limits come from here;
+    views/publications.py cuts a reason or a note at the same length."""
+
+    # "#" and up to 18 digits, with room for stray spaces; publishing.mark_published checks the id itself.
+    remote_id = forms.CharField(required=False, max_length=20)
+    reason = forms.CharField(required=False, max_length=COMMENT_MAX_LENGTH)
+    note = forms.CharField(required=False, max_length=COMMENT_MAX_LENGTH)
+
+
+# --- Where to go back to ------------------------------------------------------------------------------------
+def next_path(request: HttpRequest) -> str:
+    """The ``next`` of a request if it is a path on this site (``/...``), else "". Anything else is ignored:
+    another site is an open redirect, and ``redirect()`` reads a bare word ("-1") as a view name (a 500)."""
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate.startswith("/") and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return ""
+
+
+def return_path(request: HtmxHttpRequest) -> str:
+    """Where a publication's action forms send the user back: this page, or, when htmx asks for a fragment,
+    the page that holds it (its validated ``next``)."""
+    return next_path(request) if request.htmx else request.get_full_path()

@@ -7,10 +7,15 @@ publishing.py and sync.py; nothing happens in save() or in signals.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import F, Q
+
+from . import audit_actions
 
 
 class Role(models.TextChoices):
@@ -149,7 +154,23 @@ class DraftState(models.TextChoices):
     DISCARDED = "discarded", "Discarded"
 
 
+# The groups of draft states, each named once. Its author may still edit (and submit, or discard) it:
 EDITABLE_DRAFT_STATES = (DraftState.DRAFT, DraftState.CHANGES_REQUESTED)
+# Locked for editing while approvers decide on it; its author may withdraw it.
+REVIEWABLE_DRAFT_STATES = (DraftState.IN_REVIEW,)
+# Not on IsDown yet, and not given up: an incident's timeline shows these drafts as pending.
+PENDING_DRAFT_STATES = (DraftState.DRAFT, DraftState.IN_REVIEW, DraftState.CHANGES_REQUESTED, DraftState.APPROVED)
+# Its authors still follow it (to edit it, to see it published, to read a verdict): the dashboard's "My drafts".
+FOLLOWED_DRAFT_STATES = (
+    DraftState.DRAFT,
+    DraftState.IN_REVIEW,
+    DraftState.CHANGES_REQUESTED,
+    DraftState.APPROVED,
+    DraftState.PUBLISHING,
+    DraftState.FAILED,
+    DraftState.NEEDS_ATTENTION,
+    DraftState.REJECTED,
+)
 # After approval a draft mirrors its publications (workflow.follow_publications); these are its states then.
 PUBLISHING_DRAFT_STATES = (
     DraftState.APPROVED,
@@ -159,6 +180,10 @@ PUBLISHING_DRAFT_STATES = (
     DraftState.NEEDS_ATTENTION,
     DraftState.ABANDONED,
 )
+
+
+# The fields of a draft that say what the public sees: what a revision freezes, the form edits and diffs show.
+DRAFT_FIELDS = ("title", "severity", "description", "stage")
 
 
 class Draft(models.Model):
@@ -543,3 +568,27 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action}: {self.summary}"
+
+    @property
+    def action_label(self) -> str:
+        """The action as people read it (audit_actions.py); an action older than the registry reads as itself."""
+        return audit_actions.label(self.action)
+
+    def change_lines(self) -> list[tuple[str, str, str]]:
+        """``[(field, old, new)]`` as display text from ``{field: [old, new]}``; tolerant of odd shapes (the rows
+        are history: any shape ever written must still display)."""
+        lines = []
+        for name, pair in sorted((self.changes or {}).items()):
+            if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                lines.append((str(name), _display(pair[0]), _display(pair[1])))
+            else:
+                lines.append((str(name), "", _display(pair)))
+        return lines
+
+
+def _display(value: Any) -> str:
+    if value is None or value == "":
+        return "∅"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -25,8 +25,10 @@ from django.utils import timezone
 
 from . import access, audit, enqueue, isdown, notifications
 from .models import (
+    DRAFT_FIELDS,
     EDITABLE_DRAFT_STATES,
     PUBLISHING_DRAFT_STATES,
+    REVIEWABLE_DRAFT_STATES,
     Draft,
     DraftKind,
     DraftState,
@@ -39,8 +41,6 @@ from .models import (
     RevisionRequest,
     Service,
 )
-
-DRAFT_FIELDS = ("title", "severity", "description", "stage")
 
 
 class WorkflowError(Exception):
@@ -57,6 +57,13 @@ class NotAllowed(WorkflowError):
 
 class StaleRevision(WorkflowError):
     pass
+
+
+class ServiceChanged(WorkflowError):
+    """A save asked to move the draft to another service: a draft keeps the service it was started for."""
+
+    def __init__(self) -> None:
+        super().__init__("The service of a draft cannot change; start a new draft for another service.")
 
 
 class EditConflict(WorkflowError):
@@ -157,11 +164,26 @@ def create(*, user, service: Service, kind: str, fields: dict[str, str], inciden
     return draft
 
 
-def save(*, draft_id: int, user, expected_version: int, fields: dict[str, str]) -> Draft:
-    """Save edits if nobody else saved since ``expected_version``; otherwise raise EditConflict."""
+def create_and_submit(
+    *, user, service: Service, kind: str, fields: dict[str, str], incident: Incident | None = None
+) -> Revision:
+    """Start a draft and put it in review at once, in one transaction: if the submit is refused, no draft is
+    left behind."""
+    with transaction.atomic():
+        draft = create(user=user, service=service, kind=kind, fields=fields, incident=incident)
+        return submit(draft_id=draft.pk, user=user)
+
+
+def save(
+    *, draft_id: int, user, expected_version: int, fields: dict[str, str], service: Service | None = None
+) -> Draft:
+    """Save edits if nobody else saved since ``expected_version``; otherwise raise EditConflict. ``service`` is
+    the one the form was sent with (None when the form has none): another than the draft's raises ServiceChanged."""
     with transaction.atomic():
         draft = _locked(draft_id)
         access.require_role(user, draft.team, access.DRAFTING_ROLES, action="edit a draft")
+        if service is not None and service.pk != draft.service_id:
+            raise ServiceChanged()
         _require_state(draft, EDITABLE_DRAFT_STATES, "save")
         if draft.version != expected_version:
             raise EditConflict(draft)
@@ -179,6 +201,16 @@ def save(*, draft_id: int, user, expected_version: int, fields: dict[str, str]) 
         changes = audit.field_changes(before, new)
         _audit("draft.saved", draft, user, f"{user.get_username()} saved draft #{draft.pk}", changes)
     return draft
+
+
+def save_and_submit(
+    *, draft_id: int, user, expected_version: int, fields: dict[str, str], service: Service | None = None
+) -> Revision:
+    """Save edits and put the draft in review, in one transaction: if the submit is refused, the edits are not
+    saved either (the form still holds them), so the version the page shows stays the current one."""
+    with transaction.atomic():
+        draft = save(draft_id=draft_id, user=user, expected_version=expected_version, fields=fields, service=service)
+        return submit(draft_id=draft.pk, user=user, expected_version=draft.version)
 
 
 def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revision:
@@ -239,7 +271,7 @@ def withdraw(*, draft_id: int, user) -> Draft:
     with transaction.atomic():
         draft = _locked(draft_id)
         access.require_role(user, draft.team, access.DRAFTING_ROLES, action="withdraw a draft")
-        _require_state(draft, (DraftState.IN_REVIEW,), "withdraw")
+        _require_state(draft, REVIEWABLE_DRAFT_STATES, "withdraw")
         draft.state = DraftState.DRAFT
         draft.save(update_fields=["state", "updated_at"])
         _audit(
@@ -280,9 +312,11 @@ class Decision:
         return self.publications[0] if self.publications else None
 
 
-def _review(
+def decide(
     *, draft_id: int, revision_id: int, reviewer, decision: str, comment: str, sha256: str | None = None
 ) -> Decision:
+    """A reviewer's decision on the revision in review: approve (binding ``sha256``, the hash the reviewer was
+    shown), request changes or reject (both need a comment). Never on a revision its reviewer wrote or edited."""
     verbs = {
         ReviewDecision.APPROVE: ("approve", DraftState.APPROVED, "review.approved", "approved"),
         ReviewDecision.REQUEST_CHANGES: (
@@ -298,7 +332,7 @@ def _review(
     with transaction.atomic():
         draft = _locked(draft_id)
         access.require_role(reviewer, draft.team, access.REVIEWING_ROLES, action=verb)
-        _require_state(draft, (DraftState.IN_REVIEW,), verb)
+        _require_state(draft, REVIEWABLE_DRAFT_STATES, verb)
         revision = latest_revision(draft)
         if revision is None or revision.pk != revision_id:
             raise StaleRevision("This revision is no longer the one in review; reload to see the current one.")
@@ -360,7 +394,7 @@ def _review(
 def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: str = "") -> Decision:
     """Approve exactly this revision, whose SHA-256 the reviewer saw; the review records that hash, and the
     outbox rows (one per target) are written in the same transaction."""
-    return _review(
+    return decide(
         draft_id=draft_id,
         revision_id=revision_id,
         reviewer=reviewer,
@@ -371,7 +405,7 @@ def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: 
 
 
 def request_changes(*, draft_id: int, revision_id: int, reviewer, comment: str) -> Decision:
-    return _review(
+    return decide(
         draft_id=draft_id,
         revision_id=revision_id,
         reviewer=reviewer,
@@ -381,7 +415,7 @@ def request_changes(*, draft_id: int, revision_id: int, reviewer, comment: str) 
 
 
 def reject(*, draft_id: int, revision_id: int, reviewer, comment: str) -> Decision:
-    return _review(
+    return decide(
         draft_id=draft_id, revision_id=revision_id, reviewer=reviewer, decision=ReviewDecision.REJECT, comment=comment
     )
 

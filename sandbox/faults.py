@@ -50,6 +50,7 @@ REASONS = {
 # The bounds of what a fault may ask for. The control page and the command both go through add_fault (the admin
 # only reads faults), so these are the only limits.
 COUNT_MAX = 1000
+STATUS_MIN, STATUS_MAX = 400, 599  # as the table's CHECK constraint says too
 RETRY_AFTER_MAX = 86_400  # a day
 LATENCY_MS_MAX = 600_000  # ten minutes
 HANG_SECONDS_MAX = 600.0
@@ -107,8 +108,8 @@ def add_fault(
         raise FaultError("method must be GET, POST, PATCH or DELETE (or empty for any)", "method")
     if kind == FaultKind.STATUS:
         if status is None:
-            raise FaultError("a status fault needs a status between 400 and 599", "status")
-        status = _whole(status, "status", "status", low=400, high=599)
+            raise FaultError(f"a status fault needs a status between {STATUS_MIN} and {STATUS_MAX}", "status")
+        status = _whole(status, "status", "status", low=STATUS_MIN, high=STATUS_MAX)
         if status == 429 and retry_after is None:
             retry_after = DEFAULT_RETRY_AFTER_429
     elif retry_after is not None:

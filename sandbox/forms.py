@@ -23,7 +23,9 @@ def _bounded(low: float, high: float, **attrs: Any) -> forms.NumberInput:
 
 class FaultForm(forms.Form):
     kind = forms.ChoiceField(choices=FaultKind.choices)
-    status = forms.IntegerField(required=False, widget=_bounded(400, 599), help_text="status faults: 429, 500…")
+    status = forms.IntegerField(
+        required=False, widget=_bounded(faults.STATUS_MIN, faults.STATUS_MAX), help_text="status faults: 429, 500…"
+    )
     retry_after = forms.IntegerField(
         required=False, widget=_bounded(0, faults.RETRY_AFTER_MAX), label="Retry-After (s)"
     )

@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+from incidents import audit
 from incidents.audit import verify_chain
 from incidents.models import AuditEvent, Membership, Role, Service
 
@@ -362,3 +363,25 @@ def test_expired_attempts_and_failures_below_the_limit_are_not_lockout_resets(cl
     # The next attempt cleaned the expired lockout up (not a reset); a reset of the one failure left is not one.
     assert reset(username="responder") == 1
     assert not events("auth.lockout_reset")
+
+
+def test_a_bulk_delete_whose_audit_fails_deletes_nothing(as_user, staff, responder, approver, monkeypatch):
+    record = audit.record
+    deleted: list[str] = []
+
+    def failing_on_the_second_deletion(action, **kwargs):
+        if action == "membership.deleted":
+            deleted.append(action)
+            if len(deleted) == 2:
+                raise RuntimeError("the audit log is unavailable")
+        return record(action, **kwargs)
+
+    monkeypatch.setattr(audit, "record", failing_on_the_second_deletion)
+    memberships = list(Membership.objects.filter(user__in=[responder, approver]).values_list("pk", flat=True))
+    with pytest.raises(RuntimeError, match="unavailable"):
+        as_user(staff).post(
+            "/admin/incidents/membership/",
+            {"action": "delete_selected", "_selected_action": memberships, "post": "yes"},
+        )
+    assert Membership.objects.filter(pk__in=memberships).count() == 2
+    assert not AuditEvent.objects.filter(action="membership.deleted").exists()

@@ -20,7 +20,7 @@ EVENTS_PER_THREAD = 50
 
 def _record_many(count: int, label: str = "t") -> list[AuditEvent]:
     return [
-        audit.record("test.event", actor_label=f"system:{label}", summary=f"{label} event {i}") for i in range(count)
+        audit.record("draft.saved", actor_label=f"system:{label}", summary=f"{label} event {i}") for i in range(count)
     ]
 
 

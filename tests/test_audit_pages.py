@@ -13,9 +13,10 @@ from django.http import StreamingHttpResponse
 from django.template.loader import render_to_string
 from django.test.utils import CaptureQueriesContext
 
-from incidents import audit
+from incidents import audit, audit_actions
 from incidents.models import AuditEvent, Role
-from incidents.views.audit import PAGE_SIZE, history_for
+from incidents.selectors import AUDIT_PAGE_SIZE as PAGE_SIZE
+from incidents.selectors import history_for
 
 from .conftest import tamper_as_owner
 from .factories import MembershipFactory, UserFactory
@@ -125,7 +126,7 @@ def test_filter_by_team(auditor, platform, data_team, as_user):
 def test_filter_by_actor_username_and_system_label(auditor, approver, responder, platform, as_user):
     by_approver = _event(platform, actor=approver)
     _event(platform, actor=responder)
-    by_worker = _event(platform, actor_label=audit.SYSTEM_WORKER, action="publication.attempt")
+    by_worker = _event(platform, actor_label=audit.SYSTEM_WORKER, action="publication.sending")
     client = as_user(auditor)
     assert _seqs(client.get(URL, {"actor": "approver"})) == [by_approver.seq]
     assert _seqs(client.get(URL, {"actor": "APPROVER"})) == [by_approver.seq]
@@ -133,18 +134,27 @@ def test_filter_by_actor_username_and_system_label(auditor, approver, responder,
     assert _seqs(client.get(URL, {"actor": "nobody"})) == []
 
 
-def test_filter_by_action_exact_and_prefix(auditor, platform, as_user):
+def _event_of_an_older_vocabulary(team, action: str, monkeypatch, **kwargs) -> AuditEvent:
+    """An event recorded when ``action`` was a registered action; it is not one now."""
+    with monkeypatch.context() as patch:
+        patch.setitem(audit_actions.ACTIONS, action, audit_actions.AuditAction(action, "Old"))
+        return _event(team, action=action, **kwargs)
+
+
+def test_filter_by_action_exact_and_prefix(auditor, platform, as_user, monkeypatch):
     submitted = _event(platform, action="draft.submitted")
     saved = _event(platform, action="draft.saved")
     approved = _event(platform, action="review.approved")
-    _event(platform, action="drafts.other")
+    _event_of_an_older_vocabulary(platform, "drafts.other", monkeypatch)
     client = as_user(auditor)
     assert _seqs(client.get(URL, {"action": "draft.submitted"})) == [submitted.seq]
     assert _seqs(client.get(URL, {"action": "draft."})) == [saved.seq, submitted.seq]
     assert _seqs(client.get(URL, {"action": "draft.*"})) == [saved.seq, submitted.seq]
     assert _seqs(client.get(URL, {"action": "review.approved"})) == [approved.seq]
-    # Without the dot it is an exact name, not a prefix.
-    assert _seqs(client.get(URL, {"action": "draft"})) == []
+    # Without the dot it names no action (nor a kind): a clear error, not an empty page.
+    response = client.get(URL, {"action": "draft"})
+    assert response.status_code == 422
+    assert "is not an action of this log" in response.content.decode()
 
 
 def test_filter_by_target_type_id_and_label(auditor, platform, as_user):

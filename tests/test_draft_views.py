@@ -7,9 +7,19 @@ from django.core import mail
 from django.db import transaction
 
 from incidents import notifications, workflow
-from incidents.models import AuditEvent, Draft, DraftKind, DraftState, Notification, Publication, Review
+from incidents.models import (
+    AuditEvent,
+    Draft,
+    DraftKind,
+    DraftState,
+    Notification,
+    Publication,
+    PublicationState,
+    Review,
+)
 
 from .factories import IncidentFactory
+from .publishing.factories import approved_publication
 
 pytestmark = pytest.mark.django_db
 
@@ -207,6 +217,21 @@ def test_editing_during_review_gets_a_clear_message(in_review, responder, as_use
     )
     assert response.status_code == 422
     assert b"Cannot save: the draft is in review now." in response.content
+
+
+def test_moving_a_draft_to_another_service_is_refused_next_to_the_field(
+    draft, responder, api_service, dashboard_service, as_user
+):
+    response = as_user(responder).post(
+        f"/drafts/{draft.pk}/", {**FIELDS, "service": dashboard_service.pk, "version": 1, "action": "submit"}
+    )
+    assert response.status_code == 422
+    assert (
+        '<div id="errors-service"><p class="field-error" id="id_service-error">The service of a draft cannot change'
+        in response.content.decode()
+    )
+    draft.refresh_from_db()
+    assert (draft.service_id, draft.version, draft.state) == (api_service.pk, 1, DraftState.DRAFT)
 
 
 @pytest.mark.parametrize("headers", [{}, HX])
@@ -482,3 +507,20 @@ def test_submit_emails_the_teams_other_approvers_with_a_link(
     for message in mail.outbox:
         assert "Review needed" in message.subject
         assert f"{settings.SITE_URL}/drafts/{draft.pk}/review/" in message.body
+
+
+def test_draft_and_incident_pages_show_a_publications_actions_and_who_decides(
+    api_service, responder, approver, as_user
+):
+    duplicated = approved_publication(service=api_service, author=responder)
+    Publication.objects.filter(pk=duplicated.pk).update(state=PublicationState.DUPLICATE_DETECTED)
+    draft_page = f"/drafts/{duplicated.draft_id}/"
+    assert "Delete the duplicate on IsDown" in as_user(approver).get(draft_page).content.decode()
+    assert "An approver of Platform must decide" in as_user(responder).get(draft_page).content.decode()
+
+    incident = IncidentFactory(service=api_service, remote_id="4711")
+    failed = approved_publication(service=api_service, author=responder, kind=DraftKind.UPDATE, incident=incident)
+    Publication.objects.filter(pk=failed.pk).update(state=PublicationState.FAILED)
+    body = as_user(responder).get(f"/incidents/{incident.pk}/").content.decode()
+    assert "An approver of Platform must decide" in body
+    assert "approver@example.com" in body

@@ -343,6 +343,58 @@ def test_update_draft_with_nothing_to_send_is_refused(responder, api_service):
         workflow.submit(draft_id=draft.pk, user=responder)
 
 
+NOTHING_NEW = {"title": "Same", "severity": "minor", "description": "", "stage": ""}
+
+
+def test_create_and_submit_leaves_no_draft_when_the_submit_is_refused(responder, api_service):
+    incident = IncidentFactory(service=api_service, remote_id="55005", title="Same", severity="minor")
+    events = AuditEvent.objects.count()
+    with pytest.raises(workflow.InvalidTransition, match="Nothing to send"):
+        workflow.create_and_submit(
+            user=responder, service=api_service, kind=DraftKind.UPDATE, incident=incident, fields=NOTHING_NEW
+        )
+    assert not incident.drafts.exists()
+    assert AuditEvent.objects.count() == events
+
+
+def test_save_and_submit_saves_nothing_when_the_submit_is_refused(responder, api_service):
+    incident = IncidentFactory(service=api_service, remote_id="55006", title="Same", severity="minor")
+    draft = workflow.create(
+        user=responder,
+        service=api_service,
+        kind=DraftKind.UPDATE,
+        incident=incident,
+        fields={**NOTHING_NEW, "severity": "major"},
+    )
+    events = AuditEvent.objects.count()
+    with pytest.raises(workflow.InvalidTransition, match="Nothing to send"):
+        workflow.save_and_submit(draft_id=draft.pk, user=responder, expected_version=1, fields=NOTHING_NEW)
+    draft.refresh_from_db()
+    assert (draft.severity, draft.version, draft.state) == ("major", 1, DraftState.DRAFT)
+    assert AuditEvent.objects.count() == events
+
+
+def test_save_and_submit_puts_the_saved_version_in_review(draft, responder):
+    revision = workflow.save_and_submit(
+        draft_id=draft.pk, user=responder, expected_version=1, fields={**FIELDS, "title": "API errors on EU"}
+    )
+    draft.refresh_from_db()
+    assert (draft.state, draft.version) == (DraftState.IN_REVIEW, 2)
+    assert revision.fields["title"] == "API errors on EU"
+    assert list(AuditEvent.objects.order_by("-seq").values_list("action", flat=True)[:2]) == [
+        "draft.submitted",
+        "draft.saved",
+    ]
+
+
+def test_a_draft_keeps_its_service(draft, responder, api_service, dashboard_service):
+    with pytest.raises(workflow.ServiceChanged):
+        workflow.save(draft_id=draft.pk, user=responder, expected_version=1, fields=FIELDS, service=dashboard_service)
+    draft.refresh_from_db()
+    assert (draft.service_id, draft.version) == (api_service.pk, 1)
+    assert last_event().action == "draft.created"
+
+
 def test_update_of_an_unpublished_incident_is_refused(responder, api_service):
     incident = IncidentFactory(service=api_service, remote_id=None)
     with pytest.raises(workflow.InvalidTransition, match="not on IsDown"):

@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-from django.db.models import Max, Q
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Q
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from .. import access, heartbeat
-from ..models import HUMAN_PUBLICATION_STATES, DraftState, Notification, NotificationState, PublicationState
+from .. import access, heartbeat, selectors
+from ..http import HtmxHttpRequest
+from ..models import FOLLOWED_DRAFT_STATES, HUMAN_PUBLICATION_STATES, Notification, NotificationState, PublicationState
 
-MY_DRAFT_STATES = (
-    DraftState.DRAFT,
-    DraftState.IN_REVIEW,
-    DraftState.CHANGES_REQUESTED,
-    DraftState.APPROVED,
-    DraftState.PUBLISHING,
-    DraftState.FAILED,
-    DraftState.NEEDS_ATTENTION,
-    DraftState.REJECTED,
-)
 PANEL_LIMIT = 20
 
 
-def awaiting_review(user):
-    """Drafts in review in teams where I approve, that I never edited (four eyes); oldest first."""
-    return (
-        access.drafts(user)
-        .filter(team_id__in=access.team_ids(user, access.REVIEWING_ROLES), state=DraftState.IN_REVIEW)
-        .exclude(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]))
-        .annotate(submitted_at=Max("revisions__created_at"))
-        .order_by("submitted_at", "id")
-    )
-
-
 @require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     user = request.user
     my_drafts = (
         access.drafts(user)
-        .filter(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]), state__in=MY_DRAFT_STATES)
+        .filter(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]), state__in=FOLLOWED_DRAFT_STATES)
         .prefetch_related("revisions__review__reviewer")
         .order_by("-updated_at")[:PANEL_LIMIT]
     )
@@ -61,7 +41,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "undelivered": Notification.objects.filter(
             team_id__in=access.team_ids(user), state=NotificationState.GAVE_UP
         ).count(),
-        "reviews": awaiting_review(user)[:PANEL_LIMIT],
+        "reviews": selectors.awaiting_review(user)[:PANEL_LIMIT],
         "my_drafts": my_drafts,
         "publishing": publishing,
         "open_incidents": access.incidents(user).filter(resolved=False).order_by("-last_activity_at")[:PANEL_LIMIT],

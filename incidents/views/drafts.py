@@ -7,38 +7,42 @@ import json
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import access, workflow
+from .. import access, selectors, workflow
 from ..diffs import diff_fields
-from ..forms import DraftForm
-from ..models import Draft, DraftKind, Incident, Stage
-from .audit import history_for
-from .publications import publication_context
+from ..forms import DRAFT_FIELD_LABELS, DraftForm, return_path
+from ..http import HtmxHttpRequest
+from ..models import DRAFT_FIELDS, Draft, DraftKind, Incident, Stage
 
 TEMPLATE = "incidents/draft.html"
-FIELD_LABELS = {"title": "Title", "severity": "Severity", "description": "Description", "stage": "Stage"}
+# The buttons of a draft that is not being edited; each is one workflow action.
+DRAFT_ACTIONS = {"withdraw": workflow.withdraw, "discard": workflow.discard}
 
 
-def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+def _redirect(request: HtmxHttpRequest, url: str) -> HttpResponse:
+    # htmx would follow a 302 itself and swap the whole next page into the panel; HX-Redirect makes the browser
+    # load it instead (and so show the flashed message).
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
 def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[str, Any]:
     """What the status page will show and the exact request, built from the form as it stands."""
-    raw = {name: form.data.get(name, "") for name in ("title", "severity", "description", "stage")}
+    # The typed text, not cleaned_data: the status-page preview follows the typing even while a field is invalid.
+    raw = {name: form.data.get(name, "") for name in DRAFT_FIELDS}
     preview: dict[str, Any] = {
         "raw": raw,
         "valid": form.is_valid(),
         "stage_label": dict(Stage.choices).get(raw["stage"]),
     }
     if preview["valid"]:
-        service = form.cleaned_data["service"] if kind == DraftKind.OPEN else incident.service
-        request = workflow.build_request(kind=kind, service=service, incident=incident, fields=form.draft_fields())
+        request = workflow.build_request(
+            kind=kind, service=form.target_service(), incident=incident, fields=form.draft_fields()
+        )
         preview.update(
             method=request.method,
             path=request.path,
@@ -51,6 +55,8 @@ def _wire_live_validation(form: DraftForm, url: str) -> None:
     """Each field posts the form to ``url`` as the user types or leaves it; the answer is the preview plus
     that field's errors (out of band). Without JavaScript these attributes do nothing."""
     for name, field in form.fields.items():
+        # Text fields wait for a pause in the typing; a select answers at once. ``this:replace`` drops the answer
+        # still in flight when a newer one is asked for, so an older preview never overwrites a newer one.
         typing = name in ("title", "description")
         field.widget.attrs.update(
             {
@@ -64,8 +70,9 @@ def _wire_live_validation(form: DraftForm, url: str) -> None:
         )
 
 
-def _context(request: HttpRequest, form: DraftForm, *, kind: str, incident: Incident | None, draft: Draft | None):
+def _context(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident: Incident | None, draft: Draft | None):
     _wire_live_validation(form, request.path)
+    return_to = return_path(request)
     return {
         "form": form,
         "kind": kind,
@@ -74,15 +81,17 @@ def _context(request: HttpRequest, form: DraftForm, *, kind: str, incident: Inci
         "preview": _preview(form, kind=kind, incident=incident) if form.is_bound else None,
         "post_url": request.path,
         "revisions": list(draft.revisions.select_related("review", "review__reviewer")) if draft else [],
+        # A new incident's draft has no team until its service is chosen: team 0 is none, so no role is shown.
         "role": access.role_in(request.user, draft.team if draft else (incident.service.team if incident else 0)),
         "can_draft": draft is None or access.has_role(request.user, draft.team, access.DRAFTING_ROLES),
         "can_review": draft is not None and access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
         "publication_blocks": [
-            publication_context(request, publication) for publication in draft.publications.order_by("-created_at")
+            selectors.publication_block(request.user, publication, return_to=return_to)
+            for publication in draft.publications.order_by("-created_at")
         ]
         if draft
         else [],
-        "history": history_for(
+        "history": selectors.history_for(
             request.user,
             target_type="draft",
             target_ids=[draft.pk],
@@ -93,14 +102,17 @@ def _context(request: HttpRequest, form: DraftForm, *, kind: str, incident: Inci
     }
 
 
-def _render(request: HttpRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
+def _render(request: HtmxHttpRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    # The form's htmx posts target #draft-panel: the revisions, publications and history below it are not
+    # rendered again. A 422 or 409 panel is swapped too (static/js/app.js allows those statuses).
     template = f"{TEMPLATE}#draft-panel" if request.htmx else TEMPLATE
     return render(request, template, context, status=status)
 
 
-def _validate(request: HttpRequest, form: DraftForm, *, kind: str, incident: Incident | None) -> HttpResponse:
+def _validate(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident: Incident | None) -> HttpResponse:
     """The htmx answer while typing: the preview, plus the errors of the field that triggered it."""
     form.is_valid()
+    # Only the field being typed in: the ones the user has not reached yet must not turn red meanwhile.
     trigger = request.htmx.trigger_name if request.htmx else None
     fields = [trigger] if trigger in form.fields else list(form.fields)
     context = {
@@ -123,25 +135,27 @@ def _initial_for_update(incident: Incident, resolve: bool) -> dict[str, str]:
 
 
 @require_http_methods(["GET", "POST"])
-def draft_new(request: HttpRequest) -> HttpResponse:
+def draft_new(request: HtmxHttpRequest) -> HttpResponse:
     """A new incident: service, title, severity, description, stage."""
+    # The team is the chosen service's, so any drafting role will do here; workflow.create checks that team's.
     if not access.team_ids(request.user, access.DRAFTING_ROLES):
         raise access.RoleRequired(access.DRAFTING_ROLES, action="draft an incident")
     return _new(request, kind=DraftKind.OPEN, incident=None)
 
 
 @require_http_methods(["GET", "POST"])
-def update_new(request: HttpRequest, pk: int) -> HttpResponse:
+def update_new(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """An update to an existing incident (``?resolve=1`` preselects the resolved stage)."""
     incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
     access.require_role(request.user, incident.service.team, access.DRAFTING_ROLES, action="post an update")
+    # An update is sent to IsDown's incident id: until the incident is published there is nothing to update.
     if not incident.remote_id:
         messages.warning(request, "This incident is not on IsDown yet: updates can be drafted once it is published.")
         return redirect("incidents:incident_detail", pk=incident.pk)
     return _new(request, kind=DraftKind.UPDATE, incident=incident)
 
 
-def _new(request: HttpRequest, *, kind: str, incident: Incident | None) -> HttpResponse:
+def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> HttpResponse:
     if request.method == "GET":
         initial: dict[str, Any] = {"stage": Stage.INVESTIGATING, "severity": "minor"}
         if incident is not None:
@@ -155,16 +169,21 @@ def _new(request: HttpRequest, *, kind: str, incident: Incident | None) -> HttpR
     action = request.POST.get("action", "save")
     if action == "validate":
         return _validate(request, form, kind=kind, incident=incident)
+    # "preview" (and any other action) saves nothing: the form comes back with its preview, 200 when valid.
     if action not in ("save", "submit") or not form.is_valid():
         status = 422 if form.errors else 200
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), status)
-    service = form.cleaned_data["service"] if kind == DraftKind.OPEN else incident.service
+    service, fields = form.target_service(), form.draft_fields()
     try:
-        draft = workflow.create(
-            user=request.user, service=service, kind=kind, fields=form.draft_fields(), incident=incident
-        )
         if action == "submit":
-            workflow.submit(draft_id=draft.pk, user=request.user)
+            revision = workflow.create_and_submit(
+                user=request.user, service=service, kind=kind, fields=fields, incident=incident
+            )
+            draft_id = revision.draft_id
+        else:
+            draft_id = workflow.create(
+                user=request.user, service=service, kind=kind, fields=fields, incident=incident
+            ).pk
     except workflow.WorkflowError as exc:
         form.add_error(None, str(exc))
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), 422)
@@ -172,11 +191,11 @@ def _new(request: HttpRequest, *, kind: str, incident: Incident | None) -> HttpR
         messages.success(request, "Submitted for review. Approvers of your team have been notified.")
     else:
         messages.success(request, "Draft saved.")
-    return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft.pk}))
+    return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft_id}))
 
 
 @require_http_methods(["GET", "POST"])
-def draft_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def draft_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     draft = access.get_scoped_or_404(access.drafts(request.user), pk=pk)
     kind, incident = draft.kind, draft.incident
     if request.method == "GET":
@@ -185,10 +204,12 @@ def draft_detail(request: HttpRequest, pk: int) -> HttpResponse:
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=draft))
 
     action = request.POST.get("action", "save")
+    # The role first: an auditor's POST is a 403 naming the role, whatever it carries.
     access.require_role(request.user, draft.team, access.DRAFTING_ROLES, action="change a draft")
-    if action in ("withdraw", "discard"):
+    # Withdraw and discard are plain buttons outside the form: their outcome is a message on the reloaded page.
+    if action in DRAFT_ACTIONS:
         try:
-            getattr(workflow, action)(draft_id=draft.pk, user=request.user)
+            DRAFT_ACTIONS[action](draft_id=draft.pk, user=request.user)
         except workflow.WorkflowError as exc:
             messages.error(request, str(exc))
         else:
@@ -200,30 +221,37 @@ def draft_detail(request: HttpRequest, pk: int) -> HttpResponse:
     form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident)
     if action == "validate":
         return _validate(request, form, kind=kind, incident=incident)
-    context = _context(request, form, kind=kind, incident=incident, draft=draft)
     if action not in ("save", "submit") or not form.is_valid():
+        context = _context(request, form, kind=kind, incident=incident, draft=draft)
         return _render(request, context, 422 if form.errors else 200)
-    if kind == DraftKind.OPEN and form.cleaned_data["service"].pk != draft.service_id:
-        form.add_error("service", "The service of a draft cannot change; start a new draft for another service.")
-        return _render(request, context, 422)
+    save_draft = workflow.save_and_submit if action == "submit" else workflow.save
     try:
-        version = int(request.POST.get("version", "0"))
-    except ValueError:
-        version = 0
-    try:
-        draft = workflow.save(
-            draft_id=draft.pk, user=request.user, expected_version=version, fields=form.draft_fields()
+        save_draft(
+            draft_id=draft.pk,
+            user=request.user,
+            expected_version=_version(request),
+            fields=form.draft_fields(),
+            service=form.cleaned_data.get("service"),
         )
-        if action == "submit":
-            workflow.submit(draft_id=draft.pk, user=request.user, expected_version=draft.version)
     except workflow.EditConflict as exc:
+        # Nothing was saved: the form keeps the typed text, the panel shows their version beside it, and the
+        # hidden version becomes theirs, so saving again knowingly replaces it.
+        context = _context(request, form, kind=kind, incident=incident, draft=draft)
         context.update(
             conflict=exc.current,
-            conflict_diff=diff_fields(workflow.draft_fields(exc.current), form.draft_fields(), FIELD_LABELS),
+            conflict_diff=diff_fields(workflow.draft_fields(exc.current), form.draft_fields(), DRAFT_FIELD_LABELS),
         )
         return _render(request, context, 409)
     except workflow.WorkflowError as exc:
-        form.add_error(None, str(exc))
-        return _render(request, context, 422)
+        form.add_error("service" if isinstance(exc, workflow.ServiceChanged) else None, str(exc))
+        return _render(request, _context(request, form, kind=kind, incident=incident, draft=draft), 422)
     messages.success(request, "Submitted for review." if action == "submit" else "Draft saved.")
     return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft.pk}))
+
+
+def _version(request: HtmxHttpRequest) -> int:
+    """The version the form was loaded at; anything unreadable is 0, which no draft has (a conflict)."""
+    try:
+        return int(request.POST.get("version", "0"))
+    except ValueError:
+        return 0

@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -42,7 +42,7 @@ def check_redis() -> str:
 @login_not_required
 @never_cache
 @require_GET
-def healthz(request):
+def healthz(request: HttpRequest) -> JsonResponse:
     checks = {"db": check_database(), "redis": check_redis()}
     healthy = all(value == "ok" for value in checks.values())
     if checks["db"] == "ok":

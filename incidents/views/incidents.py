@@ -4,39 +4,23 @@ from __future__ import annotations
 
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from .. import access
-from ..forms import IncidentFilterForm
-from ..models import DraftState
-from .audit import history_for
-from .publications import publication_context
+from .. import access, selectors
+from ..forms import IncidentFilterForm, return_path
+from ..http import HtmxHttpRequest
+from ..models import PENDING_DRAFT_STATES
 
 PAGE_SIZE = 25
-PENDING_DRAFT_STATES = (DraftState.DRAFT, DraftState.IN_REVIEW, DraftState.CHANGES_REQUESTED, DraftState.APPROVED)
 
 
 @require_GET
-def incident_list(request: HttpRequest) -> HttpResponse:
+def incident_list(request: HtmxHttpRequest) -> HttpResponse:
     form = IncidentFilterForm(request.GET or None, user=request.user)
-    incidents = access.incidents(request.user)
-    if form.is_valid():
-        data = form.cleaned_data
-        if data["q"]:
-            incidents = incidents.filter(title__icontains=data["q"])
-        if data["service"]:
-            incidents = incidents.filter(service=data["service"])
-        if data["severity"]:
-            incidents = incidents.filter(severity=data["severity"])
-        if data["stage"]:
-            incidents = incidents.filter(stage=data["stage"])
-        if data["status"] == "open":
-            incidents = incidents.filter(resolved=False)
-        elif data["status"] == "resolved":
-            incidents = incidents.filter(resolved=True)
-    page = Paginator(incidents.order_by("-last_activity_at", "-id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    incidents = selectors.incidents_matching(request.user, form.cleaned_data if form.is_valid() else {})
+    page = Paginator(incidents, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     context = {
@@ -50,7 +34,7 @@ def incident_list(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-def incident_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
     team = incident.service.team
     drafts = (
@@ -65,8 +49,11 @@ def incident_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "updates": list(incident.updates.order_by("-position")),
         "pending_drafts": [d for d in drafts if d.state in PENDING_DRAFT_STATES],
         "drafts": drafts,
-        "publication_blocks": [publication_context(request, publication) for publication in publications],
-        "history": history_for(
+        "publication_blocks": [
+            selectors.publication_block(request.user, publication, return_to=return_path(request))
+            for publication in publications
+        ],
+        "history": selectors.history_for(
             request.user,
             target_type="incident",
             target_ids=[incident.pk],

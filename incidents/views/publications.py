@@ -1,71 +1,46 @@
 """A publication's status (a self-refreshing fragment) and the human actions approvers may take on a failed,
 needs-attention or duplicated publication. The actions themselves live in publishing.py.
 
-Other pages include ``incidents/_publication.html`` with the context from ``publication_context``.
+Other pages include ``incidents/_publication.html`` with the context from ``selectors.publication_block``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import access, notifications, publishing
-from ..models import Publication, PublicationState
+from .. import access, publishing, selectors
+from ..forms import next_path, return_path
+from ..http import HtmxHttpRequest
+from ..models import COMMENT_MAX_LENGTH, Publication
 
 FRAGMENT = "incidents/_publication.html"
 PAGE = "incidents/publication.html"
 
 
-def publication_context(request: HttpRequest, publication: Publication, **extra: Any) -> dict[str, Any]:
-    """Everything ``_publication.html`` needs: the row, its attempts, what it waits for, whether this user may
-    act on it (and if not, who can)."""
-    is_approver = access.has_role(request.user, publication.team_id, access.REVIEWING_ROLES)
-    waiting_for = publishing.ahead_of(publication) if publication.state in publishing.CLAIMABLE_FOR_SEND else None
-    return {
-        "publication": publication,
-        "attempts": publication.attempt_rows.order_by("number"),
-        "can_act": publication.needs_human and is_approver,
-        "can_delete_duplicates": publication.state == PublicationState.DUPLICATE_DETECTED
-        and publication.request.method == "POST",
-        "approvers": list(notifications.team_approvers(publication.team).order_by("username"))
-        if publication.needs_human and not is_approver
-        else [],
-        "waiting_for": waiting_for,
-        "return_to": request.get_full_path() if not request.htmx else _return_to(request),
-        **extra,
-    }
+def publication_context(request: HtmxHttpRequest, publication: Publication, **extra: Any) -> dict[str, Any]:
+    return selectors.publication_block(request.user, publication, return_to=return_path(request), **extra)
 
 
-def _scoped(request: HttpRequest, pk: int) -> Publication:
+def _scoped(request: HtmxHttpRequest, pk: int) -> Publication:
     return access.get_scoped_or_404(access.publications(request.user), pk=pk)
 
 
-def _return_to(request: HttpRequest) -> str:
-    """The page to go back to after an action: a path on this site (``/...``), or "". Anything else is ignored:
-    another site is an open redirect, and ``redirect()`` reads a bare word ("-1") as a view name (a 500)."""
-    candidate = request.POST.get("next") or request.GET.get("next") or ""
-    if candidate.startswith("/") and url_has_allowed_host_and_scheme(
-        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return candidate
-    return ""
-
-
 @require_GET
-def publication_status(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """The fragment for htmx polling (it stops polling itself at a final state), a small page otherwise."""
     publication = _scoped(request, pk)
     template = FRAGMENT if request.htmx else PAGE
     return render(request, template, publication_context(request, publication))
 
 
-def _act(request: HttpRequest, pk: int, *, action: str, run) -> HttpResponse:
+def _act(request: HtmxHttpRequest, pk: int, *, action: str, run: Callable[..., None]) -> HttpResponse:
     publication = _scoped(request, pk)
     access.require_role(request.user, publication.team, access.REVIEWING_ROLES, action=action)
     expected_state = request.POST.get("state") or None
@@ -84,11 +59,11 @@ def _act(request: HttpRequest, pk: int, *, action: str, run) -> HttpResponse:
         messages.error(request, error)
     else:
         messages.success(request, f"{publication}: {publication.get_state_display().lower()}.")
-    return HttpResponseRedirect(_return_to(request) or reverse("incidents:publication_status", args=[publication.pk]))
+    return HttpResponseRedirect(next_path(request) or reverse("incidents:publication_status", args=[publication.pk]))
 
 
 @require_POST
-def publication_retry(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_retry(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.retry_now(publication_id=publication.pk, user=request.user, expected_state=expected_state)
 
@@ -96,7 +71,7 @@ def publication_retry(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def publication_send_again(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_send_again(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.send_again(publication_id=publication.pk, user=request.user, expected_state=expected_state)
 
@@ -104,11 +79,12 @@ def publication_send_again(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def publication_mark_published(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_mark_published(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.mark_published(
             publication_id=publication.pk,
             user=request.user,
+            # Only a bound against huge input: mark_published itself refuses anything but up to 18 digits.
             remote_id=request.POST.get("remote_id", "")[:100],
             expected_state=expected_state,
         )
@@ -117,12 +93,12 @@ def publication_mark_published(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def publication_abandon(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_abandon(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.abandon(
             publication_id=publication.pk,
             user=request.user,
-            reason=request.POST.get("reason", "")[:2000],
+            reason=request.POST.get("reason", "")[:COMMENT_MAX_LENGTH],
             expected_state=expected_state,
         )
 
@@ -130,7 +106,7 @@ def publication_abandon(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-def publication_delete_duplicates(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_delete_duplicates(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.delete_duplicates(publication_id=publication.pk, user=request.user, expected_state=expected_state)
 
@@ -138,12 +114,12 @@ def publication_delete_duplicates(request: HttpRequest, pk: int) -> HttpResponse
 
 
 @require_POST
-def publication_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
+def publication_acknowledge(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.acknowledge_duplicate(
             publication_id=publication.pk,
             user=request.user,
-            note=request.POST.get("note", "")[:2000],
+            note=request.POST.get("note", "")[:COMMENT_MAX_LENGTH],
             expected_state=expected_state,
         )
 

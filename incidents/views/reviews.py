@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
@@ -13,17 +14,18 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from .. import access, workflow
 from ..diffs import diff_fields
-from ..forms import ReviewForm
-from ..models import DraftKind, DraftState, ReviewDecision
-from .drafts import FIELD_LABELS
+from ..forms import DRAFT_FIELD_LABELS, ReviewForm
+from ..http import HtmxHttpRequest
+from ..models import DRAFT_FIELDS, REVIEWABLE_DRAFT_STATES, Draft, DraftKind, ReviewDecision
 
 
-def _incident_state(draft) -> dict[str, str]:
+def _incident_state(draft: Draft) -> dict[str, str]:
+    # An update's description is a new entry on IsDown, never an edit of an earlier one: it compares with nothing.
     incident = draft.incident
-    return {"title": incident.title, "severity": incident.severity, "description": "", "stage": incident.stage}
+    return {name: "" if name == "description" else getattr(incident, name) for name in DRAFT_FIELDS}
 
 
-def review_context(request: HttpRequest, draft) -> dict:
+def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
     revisions = list(draft.revisions.select_related("review", "review__reviewer", "submitted_by").order_by("number"))
     revision = revisions[-1] if revisions else None
     previous = revisions[-2] if len(revisions) > 1 else None
@@ -31,25 +33,28 @@ def review_context(request: HttpRequest, draft) -> dict:
         "draft": draft,
         "revision": revision,
         "previous": previous,
+        # Re-indented for reading; what is approved is the exact bytes, whose hash is shown beside them.
         "requests": [
-            {"request": request, "json": json.dumps(json.loads(request.body or "{}"), indent=2, ensure_ascii=False)}
-            for request in (revision.requests.select_related("service").order_by("position") if revision else [])
+            {"request": sent, "json": json.dumps(json.loads(sent.body or "{}"), indent=2, ensure_ascii=False)}
+            for sent in (revision.requests.select_related("service").order_by("position") if revision else [])
         ],
-        "in_review": draft.state == DraftState.IN_REVIEW,
+        "in_review": draft.state in REVIEWABLE_DRAFT_STATES,
         "can_review": access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
+        # Only to say why no form is shown: workflow.decide refuses any editor (four eyes over every editor).
         "own_revision": revision is not None and request.user.pk in revision.editors,
         "decisions": ReviewDecision,
     }
     if revision is not None and previous is not None:
-        context["revision_diff"] = diff_fields(previous.fields, revision.fields, FIELD_LABELS)
+        context["revision_diff"] = diff_fields(previous.fields, revision.fields, DRAFT_FIELD_LABELS)
     if revision is not None and draft.kind == DraftKind.UPDATE:
-        context["incident_diff"] = diff_fields(_incident_state(draft), revision.fields, FIELD_LABELS)
+        context["incident_diff"] = diff_fields(_incident_state(draft), revision.fields, DRAFT_FIELD_LABELS)
     return context
 
 
 @require_http_methods(["GET", "POST"])
-def draft_review(request: HttpRequest, pk: int) -> HttpResponse:
+def draft_review(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     draft = access.get_scoped_or_404(access.drafts(request.user), pk=pk)
+    # Anyone in the team may read the revision; deciding needs the approver role.
     if request.method == "GET":
         context = review_context(request, draft)
         context["form"] = ReviewForm(initial={"revision": getattr(context["revision"], "pk", None)})
@@ -62,20 +67,18 @@ def draft_review(request: HttpRequest, pk: int) -> HttpResponse:
         template = "incidents/review.html#decision" if request.htmx else "incidents/review.html"
         return render(request, template, context, status=422)
     decision = ReviewDecision(form.cleaned_data["decision"])
-    arguments = {
-        "draft_id": draft.pk,
-        "revision_id": form.cleaned_data["revision"],
-        "reviewer": request.user,
-        "comment": form.cleaned_data["comment"],
-    }
     try:
-        if decision == ReviewDecision.APPROVE:
-            workflow.approve(**arguments, sha256=form.cleaned_data["sha256"])
-        elif decision == ReviewDecision.REQUEST_CHANGES:
-            workflow.request_changes(**arguments)
-        else:
-            workflow.reject(**arguments)
+        workflow.decide(
+            draft_id=draft.pk,
+            revision_id=form.cleaned_data["revision"],
+            reviewer=request.user,
+            decision=decision,
+            comment=form.cleaned_data["comment"],
+            sha256=form.cleaned_data["sha256"],
+        )
     except workflow.WorkflowError as exc:
+        # The decision panel no longer fits (someone decided first, a newer revision is in review): reload the
+        # whole page, with the reason, rather than swap a stale panel.
         messages.error(request, str(exc))
         url = reverse("incidents:draft_review", kwargs={"pk": draft.pk})
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)

@@ -1,0 +1,198 @@
+"""Reads that several views (or the context processor) share. Reads only: nothing here writes.
+
+Every queryset starts from ``access.py``, so a selector never returns another team's rows. The audit-log reads
+never OFFSET and never COUNT: pages walk ``seq`` from a cursor (``?before=`` / ``?after=``), which the
+``(team_id, -seq)``, ``(actor_id, -seq)`` and ``(target_type, target_id, -seq)`` indexes serve directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib.auth import get_user_model
+from django.db.models import Max, Q, QuerySet
+from django.urls import reverse
+
+from . import access, notifications, publishing
+from .forms import NO_TEAM, PublicationActionForm
+from .models import REVIEWABLE_DRAFT_STATES, AuditEvent, Draft, Incident, Publication, PublicationState, Team
+
+AUDIT_PAGE_SIZE = 50
+
+
+# --- The audit log ------------------------------------------------------------------------------------------
+@dataclass
+class Page:
+    events: list[AuditEvent]
+    older_cursor: int | None = None  # the ``before=`` of the next older page, if there is one
+    newer_cursor: int | None = None  # the ``after=`` of the next newer page, if there is one
+
+
+@dataclass
+class History:
+    """What ``_history.html`` renders for one object (and, optionally, its related objects)."""
+
+    visible: bool
+    events: list[AuditEvent] = field(default_factory=list)
+    truncated: bool = False
+    more_url: str = ""
+
+
+def filtered_events(user, filters: Mapping[str, Any]) -> QuerySet[AuditEvent]:
+    """The user's readable events narrowed by cleaned filter values. Unordered; callers page on ``seq``."""
+    events = access.audit_log_events(user)
+    team = filters.get("team")
+    if team == NO_TEAM:
+        events = events.filter(team_id__isnull=True)
+    elif team:
+        events = events.filter(team_id=int(team))
+    if actor := (filters.get("actor") or "").strip():
+        # A current username resolves to its id (indexed; survives renames); anything else (system:worker,
+        # a deleted or renamed user) matches the name snapshot on the row.
+        user_ids = list(get_user_model().objects.filter(username__iexact=actor).values_list("pk", flat=True))
+        events = events.filter(actor_id__in=user_ids) if user_ids else events.filter(actor_label__iexact=actor)
+    if action := filters.get("action"):
+        prefix = action.rstrip("*")
+        events = events.filter(action__startswith=prefix) if prefix.endswith(".") else events.filter(action=action)
+    if target_type := (filters.get("target_type") or "").strip():
+        events = events.filter(target_type=target_type.lower())
+    if target_id := (filters.get("target_id") or "").strip():
+        events = events.filter(target_id=target_id)
+    if target := (filters.get("target") or "").strip():
+        events = events.filter(target_label__icontains=target)
+    if since := filters.get("since"):
+        events = events.filter(created_at__gte=since)
+    if until := filters.get("until"):
+        # A datetime-local input names a minute; "to 14:30" includes 14:30:59.999999 (the last microsecond
+        # PostgreSQL can store). Not "< 14:31": the minute after 9999-12-31 23:59 is not a date Python can hold.
+        if until.second == 0 and until.microsecond == 0:
+            until = until.replace(second=59, microsecond=999_999)
+        events = events.filter(created_at__lte=until)
+    return events
+
+
+def keyset_page(
+    events: QuerySet[AuditEvent], *, before: int | None = None, after: int | None = None, size: int = AUDIT_PAGE_SIZE
+) -> Page:
+    """One page, newest first, anchored on ``seq``: new events never shift an older page."""
+    if after is not None:
+        rows = list(events.filter(seq__gt=after).order_by("seq")[: size + 1])
+        has_newer = len(rows) > size
+        rows = rows[:size][::-1]
+        has_older = bool(rows) and events.filter(seq__lt=rows[-1].seq).exists()
+        if not rows:  # nothing newer than the cursor: show the page just below it instead of an empty one
+            return keyset_page(events, before=after + 1, size=size)
+    else:
+        window = events.filter(seq__lt=before) if before is not None else events
+        rows = list(window.order_by("-seq")[: size + 1])
+        has_older = len(rows) > size
+        rows = rows[:size]
+        has_newer = before is not None and bool(rows) and events.filter(seq__gt=rows[0].seq).exists()
+    return Page(
+        events=rows,
+        older_cursor=rows[-1].seq if has_older else None,
+        newer_cursor=rows[0].seq if has_newer else None,
+    )
+
+
+def history_for(
+    user,
+    *,
+    target_type: str,
+    target_ids: Iterable[str | int],
+    limit: int = AUDIT_PAGE_SIZE,
+    also: Mapping[str, Iterable[str | int]] | None = None,
+) -> History:
+    """The scoped events about one object (``target_type`` + ``target_ids``) and, via ``also``, about
+    related ones (e.g. an incident page passes ``also={"draft": draft_ids}``). Newest first, at most ``limit``.
+
+    Only auditors and approvers of the team (and staff) see history, as with the audit log itself.
+    """
+    if not access.can_open_audit_log(user):
+        return History(visible=False)
+    wanted = {target_type: [str(i) for i in target_ids]}
+    for other_type, ids in (also or {}).items():
+        wanted.setdefault(other_type, []).extend(str(i) for i in ids)
+    wanted = {kind: ids for kind, ids in wanted.items() if ids}
+    if not wanted:
+        return History(visible=True)
+    # One indexed query per target type, merged: an OR across types would defeat the (type, id, -seq) index.
+    events: list[AuditEvent] = []
+    for kind, ids in wanted.items():
+        query = access.audit_log_events(user).filter(target_type=kind, target_id__in=ids).order_by("-seq")
+        events.extend(query[: limit + 1])
+    events.sort(key=lambda event: event.seq, reverse=True)
+    more_url = ""
+    ids = wanted.get(target_type, [])
+    if len(ids) == 1:
+        more_url = reverse("incidents:audit_log") + "?" + urlencode({"target_type": target_type, "target_id": ids[0]})
+    return History(visible=True, events=events[:limit], truncated=len(events) > limit, more_url=more_url)
+
+
+def audit_scope_teams(user, team_filter: str) -> list[Team | None]:
+    """Teams whose events an action on the audit log touches: one audit event is written per team, so each
+    team's auditors see it in their own log. ``None`` stands for the staff-only team-less events."""
+    if team_filter == NO_TEAM:
+        return [None]
+    teams = access.teams(user, access.AUDIT_ROLES).order_by("pk")
+    if team_filter:
+        teams = teams.filter(pk=int(team_filter))
+    scoped: list[Team | None] = list(teams)
+    if not team_filter and user.is_staff:
+        scoped.append(None)
+    return scoped
+
+
+# --- Drafts and incidents -----------------------------------------------------------------------------------
+def awaiting_review(user) -> QuerySet[Draft]:
+    """Drafts in review in teams where I approve, that I never edited (four eyes); oldest first."""
+    return (
+        access.drafts(user)
+        .filter(team_id__in=access.team_ids(user, access.REVIEWING_ROLES), state__in=REVIEWABLE_DRAFT_STATES)
+        .exclude(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]))
+        .annotate(submitted_at=Max("revisions__created_at"))
+        .order_by("submitted_at", "id")
+    )
+
+
+def incidents_matching(user, filters: Mapping[str, Any]) -> QuerySet[Incident]:
+    """The user's incidents narrowed by the incident list's cleaned filters, most recently active first."""
+    incidents = access.incidents(user)
+    if filters.get("q"):
+        incidents = incidents.filter(title__icontains=filters["q"])
+    if filters.get("service"):
+        incidents = incidents.filter(service=filters["service"])
+    if filters.get("severity"):
+        incidents = incidents.filter(severity=filters["severity"])
+    if filters.get("stage"):
+        incidents = incidents.filter(stage=filters["stage"])
+    if filters.get("status") == "open":
+        incidents = incidents.filter(resolved=False)
+    elif filters.get("status") == "resolved":
+        incidents = incidents.filter(resolved=True)
+    return incidents.order_by("-last_activity_at", "-id")
+
+
+# --- Publications -------------------------------------------------------------------------------------------
+def publication_block(user, publication: Publication, *, return_to: str, **extra: Any) -> dict[str, Any]:
+    """Everything ``_publication.html`` needs: the row, its attempts, what it waits for, whether this user may
+    act on it (and if not, who can). ``return_to`` is where its action forms send the user back."""
+    is_approver = access.has_role(user, publication.team_id, access.REVIEWING_ROLES)
+    waiting_for = publishing.ahead_of(publication) if publication.state in publishing.CLAIMABLE_FOR_SEND else None
+    return {
+        "publication": publication,
+        "attempts": publication.attempt_rows.order_by("number"),
+        "can_act": publication.needs_human and is_approver,
+        "can_delete_duplicates": publication.state == PublicationState.DUPLICATE_DETECTED
+        and publication.request.method == "POST",
+        "approvers": list(notifications.team_approvers(publication.team).order_by("username"))
+        if publication.needs_human and not is_approver
+        else [],
+        "waiting_for": waiting_for,
+        "return_to": return_to,
+        "action_form": PublicationActionForm(),
+        **extra,
+    }
