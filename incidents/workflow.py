@@ -221,7 +221,9 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
         _require_state(draft, EDITABLE_DRAFT_STATES, "submit")
         if expected_version is not None and draft.version != expected_version:
             raise EditConflict(draft)
-        if draft.kind == DraftKind.UPDATE and not draft.incident.remote_id:
+        # An update draft always has its incident (the draft_kind_matches_incident constraint); an open one never.
+        target = draft.incident if draft.kind == DraftKind.UPDATE else None
+        if draft.kind == DraftKind.UPDATE and (target is None or not target.remote_id):
             raise InvalidTransition("This incident is not on IsDown yet.")
         requests = draft_requests(draft)
         if draft.kind == DraftKind.UPDATE and not any(request.json() for _, request in requests):
@@ -244,7 +246,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
                 revision=revision,
                 position=position,
                 service=service,
-                target_remote_id=draft.incident.remote_id if draft.kind == DraftKind.UPDATE else "",
+                target_remote_id=(target.remote_id or "") if target is not None else "",
                 method=request.method,
                 path=request.path,
                 body=request.body,
