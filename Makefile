@@ -37,6 +37,11 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $@ $(VENV)/.installed
 
+# Test-only browser tools (axe-core, run inside the browser tests): package.json pins them.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	@touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -63,7 +68,7 @@ beat: install
 
 ## make test: the whole suite against the real PostgreSQL, Redis, a real Celery worker and Chromium.
 ## --create-db: a fresh test database every time, so rows a killed run left behind cannot fail this one.
-test: install-dev
+test: install-dev node_modules/.installed
 	$(PY) -m isdown_admin.preflight --create-db
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m pytest --create-db $(PYTEST_ARGS)
 

@@ -40,6 +40,20 @@
     }
   }, true);
 
-  document.addEventListener("DOMContentLoaded", function () { initCounters(document); });
-  document.addEventListener("htmx:afterSettle", function (event) { initCounters(document); });
+  // Tables stack on a phone (app.css): each cell carries its column's name as data-label.
+  function labelCells(root) {
+    root.querySelectorAll(".table-wrap table").forEach(function (table) {
+      var headers = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+        return th.textContent.trim();
+      });
+      table.querySelectorAll("tbody tr").forEach(function (row) {
+        Array.prototype.forEach.call(row.children, function (cell, index) {
+          if (headers[index] && !cell.hasAttribute("data-label")) cell.setAttribute("data-label", headers[index]);
+        });
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { initCounters(document); labelCells(document); });
+  document.addEventListener("htmx:afterSettle", function (event) { initCounters(document); labelCells(document); });
 })();
