@@ -15,8 +15,10 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
+from django.conf import settings
 from django.db import connections
 from django.test import Client, TransactionTestCase
+from django.test.utils import override_settings
 from pytest_django.fixtures import _disable_migrations, _get_databases_for_setup
 
 from incidents import enqueue
@@ -78,6 +80,25 @@ def django_db_setup(
         use_role(OWNER_URL)
         if not django_db_keepdb:
             teardown_databases(config, verbosity=request.config.option.verbose)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing() -> Iterator[list[str]]:
+    """Passwords hashed with MD5 in this process: every persona has one and many tests sign in, and PBKDF2 costs
+    a noticeable fraction of a second each time. The live server runs in this process and checks them the same
+    way; the processes tests start (workers, gunicorn, the chaos soak) hash as the settings say. Yields the
+    settings' own hashers, for ``real_password_hashing``."""
+    own = list(settings.PASSWORD_HASHERS)
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield own
+
+
+@pytest.fixture
+def real_password_hashing(fast_password_hashing: list[str]) -> Iterator[None]:
+    """The settings' own password hashers for this test: for passwords another process must check (a production
+    server started by the test), and for tests of how passwords are stored."""
+    with override_settings(PASSWORD_HASHERS=fast_password_hashing):
+        yield
 
 
 def tamper_as_owner(sql: str, params: list) -> None:

@@ -231,7 +231,9 @@ def production_server(transactional_db, tmp_path):
     log.close()
 
 
-def test_gunicorn_with_production_settings_serves_login_static_files_and_a_signed_in_page(production_server):
+def test_gunicorn_with_production_settings_serves_login_static_files_and_a_signed_in_page(
+    production_server, real_password_hashing
+):
     proxy = {"Host": HOST, "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
     UserFactory(username="prod-user", password="a-long-password-for-prod")
     with httpx.Client(base_url=production_server, headers=proxy) as client:
