@@ -22,8 +22,9 @@ from incidents.models import (
 )
 from sandbox import api as sandbox_api
 from sandbox.faults import add_fault
+from tests.waiting import wait_for
 
-from .conftest import sandbox_incidents, sandbox_requests, wait_for
+from .conftest import sandbox_incidents, sandbox_requests
 from .factories import approved_publication, update_publication
 
 pytestmark = pytest.mark.worker
