@@ -15,8 +15,11 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
+from django.conf import settings
 from django.db import connections
 from django.test import Client, TransactionTestCase
+from django.test.utils import override_settings
+from kombu.exceptions import OperationalError
 from pytest_django.fixtures import _disable_migrations, _get_databases_for_setup
 
 from incidents import enqueue
@@ -78,6 +81,25 @@ def django_db_setup(
         use_role(OWNER_URL)
         if not django_db_keepdb:
             teardown_databases(config, verbosity=request.config.option.verbose)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing() -> Iterator[list[str]]:
+    """Passwords hashed with MD5 in this process: every persona has one and many tests sign in, and PBKDF2 costs
+    a noticeable fraction of a second each time. The live server runs in this process and checks them the same
+    way; the processes tests start (workers, gunicorn, the chaos soak) hash as the settings say. Yields the
+    settings' own hashers, for ``real_password_hashing``."""
+    own = list(settings.PASSWORD_HASHERS)
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield own
+
+
+@pytest.fixture
+def real_password_hashing(fast_password_hashing: list[str]) -> Iterator[None]:
+    """The settings' own password hashers for this test: for passwords another process must check (a production
+    server started by the test), and for tests of how passwords are stored."""
+    with override_settings(PASSWORD_HASHERS=fast_password_hashing):
+        yield
 
 
 def tamper_as_owner(sql: str, params: list) -> None:
@@ -207,17 +229,38 @@ def as_user():
     return client_for
 
 
+class NoBroker:
+    """The broker, kept out of a test: every message the code under test sends (through ``enqueue``, or a task's
+    ``apply_async``) is recorded in ``sent`` as ``(task name, id)`` instead of reaching Redis. Inside ``down()``
+    every send fails as it does when Redis is down, for tests of what happens then."""
+
+    def __init__(self, real_send_task: Callable[..., object] | None) -> None:
+        self.sent: list[tuple[str, int]] = []
+        self._real_send_task = real_send_task
+        self._down = False
+
+    def send_task(self, name: str, args=None, kwargs=None, **options):
+        if self._down:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        if self._real_send_task is not None:
+            return self._real_send_task(name, args, kwargs, **options)
+        self.sent.append((name.rsplit(".", 1)[-1], (args or [None])[0]))
+        return None
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        self._down = True
+        try:
+            yield
+        finally:
+            self._down = False
+
+
 @pytest.fixture(autouse=True)
-def enqueued(request, monkeypatch) -> list[tuple[str, int]]:
-    """Messages the code under test sends to the broker, as ``(task name, id)``. Tests that run real workers
-    (marked ``worker``) talk to the real Redis; every other test keeps the broker out of it and can look at
-    what would have been sent."""
-    calls: list[tuple[str, int]] = []
-    if request.node.get_closest_marker("worker") is None:
-
-        def record(task: str, object_id: int, **options) -> bool:
-            calls.append((task.rsplit(".", 1)[-1], object_id))
-            return True
-
-        monkeypatch.setattr(enqueue, "_send", record)
-    return calls
+def no_broker(request, monkeypatch) -> NoBroker:
+    """Every test but those that start real workers (``start_worker``) keeps the broker out: what would have been
+    sent is in ``no_broker.sent``. Tests with workers talk to the real Redis, except inside ``no_broker.down()``."""
+    workers = "start_worker" in request.fixturenames
+    broker = NoBroker(enqueue.current_app.send_task if workers else None)
+    monkeypatch.setattr(enqueue.current_app, "send_task", broker.send_task)
+    return broker

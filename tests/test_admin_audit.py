@@ -281,7 +281,7 @@ def test_a_sign_in_writes_no_user_change(client, responder, password):
     assert [e.action for e in events("", after=start)] == ["auth.login"]  # last_login is not a change anyone made
 
 
-def test_a_password_hash_upgraded_at_sign_in_is_audited_as_a_rehash(client, responder):
+def test_a_password_hash_upgraded_at_sign_in_is_audited_as_a_rehash(client, responder, real_password_hashing):
     from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
     responder.password = PBKDF2PasswordHasher().encode("an-old-passphrase", "oldsalt", iterations=1000)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 from axes.models import AccessAttempt
 from django.conf import settings
+from django.contrib.auth.hashers import identify_hasher
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 
 from incidents.models import AuditEvent
+
+from .factories import PASSWORD, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -215,6 +218,15 @@ def test_a_password_shorter_than_12_characters_is_refused(as_user, responder, pa
     assert b"at least 12 characters" in response.content
     responder.refresh_from_db()
     assert responder.check_password(password)
+
+
+def test_a_password_is_stored_with_a_slow_salted_hash(real_password_hashing):
+    # The suite hashes with MD5 for speed (conftest); the settings' own hashers are what production stores.
+    user = UserFactory(username="stored")
+    hasher = identify_hasher(user.password)
+    assert hasher.algorithm in {"pbkdf2_sha256", "argon2", "scrypt", "bcrypt_sha256"}
+    assert not hasher.must_update(user.password)  # the iterations or work factor are the current defaults
+    assert user.check_password(PASSWORD)
 
 
 def test_password_validators_ask_for_12_characters():

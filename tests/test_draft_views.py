@@ -271,7 +271,7 @@ def test_review_form_carries_the_revision_and_the_hash_the_reviewer_sees(in_revi
 
 @pytest.mark.parametrize("sha256", ["", "0" * 64])
 def test_approving_a_hash_other_than_the_revisions_is_refused_with_a_message(
-    in_review, approver, as_user, sha256, enqueued
+    in_review, approver, as_user, sha256, no_broker
 ):
     revision = in_review.revisions.get()
     response = as_user(approver).post(
@@ -284,7 +284,7 @@ def test_approving_a_hash_other_than_the_revisions_is_refused_with_a_message(
     assert not Review.objects.exists()
     assert not Publication.objects.exists()
     assert not AuditEvent.objects.filter(action="review.approved").exists()
-    assert enqueued == []
+    assert no_broker.sent == []
 
 
 def test_author_who_is_approver_sees_why_and_the_server_refuses(api_service, approver, as_user):
@@ -302,7 +302,7 @@ def test_author_who_is_approver_sees_why_and_the_server_refuses(api_service, app
 
 @pytest.mark.parametrize("headers", [{}, HX])
 def test_approve_via_the_page_queues_a_publication_and_tells_the_author(
-    in_review, approver, as_user, headers, enqueued, django_capture_on_commit_callbacks
+    in_review, approver, as_user, headers, no_broker, django_capture_on_commit_callbacks
 ):
     revision = in_review.revisions.get()
     client = as_user(approver)
@@ -319,7 +319,7 @@ def test_approve_via_the_page_queues_a_publication_and_tells_the_author(
     assert Review.objects.get().sha256 == revision.sha256
     told = Notification.objects.get(kind="reviewed")
     assert told.recipients == ["responder@example.com"]
-    assert sorted(enqueued) == [("deliver_notification", told.pk), ("publish", publication.pk)]
+    assert sorted(no_broker.sent) == [("deliver_notification", told.pk), ("publish", publication.pk)]
     notifications.deliver_due()
     [message] = [m for m in mail.outbox if "Approved" in m.subject]
     assert message.to == ["responder@example.com"]
@@ -491,7 +491,7 @@ def test_submit_emails_the_teams_other_approvers_with_a_link(
     auditor,
     outsider,
     api_service,
-    enqueued,
+    no_broker,
     settings,
     django_capture_on_commit_callbacks,
 ):
@@ -500,7 +500,7 @@ def test_submit_emails_the_teams_other_approvers_with_a_link(
     draft = Draft.objects.get()
     notification = Notification.objects.get()
     assert notification.kind == "review_needed"
-    assert enqueued == [("deliver_notification", notification.pk)]
+    assert no_broker.sent == [("deliver_notification", notification.pk)]
     assert mail.outbox == []  # the worker sends it, not the request
     assert notifications.deliver_due() == {"sent": 1}
     assert sorted(m.to[0] for m in mail.outbox) == ["approver2@example.com", "approver@example.com"]

@@ -16,7 +16,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +26,7 @@ from isdown_admin import preflight
 
 from .conftest import APP_URL, OWNER_URL
 from .factories import UserFactory
+from .waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTED = ROOT / "deploy" / "production.env.example"
@@ -215,23 +215,30 @@ def production_server(transactional_db, tmp_path):
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
+
+    def answering_or_exited() -> bool:
+        if server.poll() is not None:
+            return True
         try:
-            if httpx.get(f"{base}/healthz", headers={"Host": HOST, "X-Forwarded-Proto": "https"}).status_code:
-                break
+            return bool(httpx.get(f"{base}/healthz", headers={"Host": HOST, "X-Forwarded-Proto": "https"}).status_code)
         except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            pytest.fail("gunicorn did not start:\n" + (tmp_path / "gunicorn.log").read_text()[-4000:])
-        time.sleep(0.2)
+            return False
+
+    def gunicorn_log() -> str:
+        return (tmp_path / "gunicorn.log").read_text()[-4000:]
+
+    wait_for(answering_or_exited, timeout=60, interval=0.2, what="gunicorn to answer", context=gunicorn_log)
+    if server.poll() is not None:
+        pytest.fail("gunicorn did not start:\n" + gunicorn_log())
     yield base
     server.terminate()
     server.wait(timeout=30)
     log.close()
 
 
-def test_gunicorn_with_production_settings_serves_login_static_files_and_a_signed_in_page(production_server):
+def test_gunicorn_with_production_settings_serves_login_static_files_and_a_signed_in_page(
+    production_server, real_password_hashing
+):
     proxy = {"Host": HOST, "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
     UserFactory(username="prod-user", password="a-long-password-for-prod")
     with httpx.Client(base_url=production_server, headers=proxy) as client:

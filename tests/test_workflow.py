@@ -185,7 +185,7 @@ def test_the_review_records_the_approved_hash_and_so_does_the_audit_event(submit
 
 @pytest.mark.parametrize("seen", ["", "0" * 64, "the request's own hash"])
 def test_approving_without_the_revisions_hash_is_refused_and_writes_nothing(
-    submitted, draft, approver, enqueued, django_capture_on_commit_callbacks, seen
+    submitted, draft, approver, no_broker, django_capture_on_commit_callbacks, seen
 ):
     if seen == "the request's own hash":
         seen = submitted.requests.get().sha256  # a real hash, but not the one a review approves
@@ -197,28 +197,28 @@ def test_approving_without_the_revisions_hash_is_refused_and_writes_nothing(
     assert not Publication.objects.exists()
     assert AuditEvent.objects.count() == events
     assert Notification.objects.count() == notes
-    assert enqueued == []
+    assert no_broker.sent == []
     draft.refresh_from_db()
     assert draft.state == DraftState.IN_REVIEW
 
 
 def test_approving_enqueues_one_publish_message_only_after_commit(
-    submitted, draft, approver, enqueued, django_capture_on_commit_callbacks
+    submitted, draft, approver, no_broker, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
         decision = approve(submitted, approver)
-        assert [call for call in enqueued if call[0] == "publish"] == []
-    assert [call for call in enqueued if call[0] == "publish"] == [("publish", decision.publication.pk)]
+        assert [call for call in no_broker.sent if call[0] == "publish"] == []
+    assert [call for call in no_broker.sent if call[0] == "publish"] == [("publish", decision.publication.pk)]
     assert Publication.objects.get().last_enqueued_at is not None
 
 
 def test_an_approval_that_rolls_back_enqueues_nothing(
-    submitted, draft, approver, enqueued, django_capture_on_commit_callbacks
+    submitted, draft, approver, no_broker, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError), transaction.atomic():
         approve(submitted, approver)
         raise RuntimeError("the caller's transaction fails after the approval")
-    assert enqueued == []
+    assert no_broker.sent == []
     assert not Publication.objects.exists()
 
 
@@ -589,14 +589,14 @@ def test_a_draft_that_is_not_approved_never_follows_publications(submitted, draf
 
 # --- Emails ------------------------------------------------------------------------------------------------
 def test_submit_writes_the_review_email_for_the_teams_other_approvers_and_sends_it_only_on_delivery(
-    api_service, approver, approver2, auditor, outsider, responder, enqueued, django_capture_on_commit_callbacks
+    api_service, approver, approver2, auditor, outsider, responder, no_broker, django_capture_on_commit_callbacks
 ):
     draft = workflow.create(user=approver, service=api_service, kind=DraftKind.OPEN, fields=FIELDS)
     with django_capture_on_commit_callbacks(execute=True):
         revision = workflow.submit(draft_id=draft.pk, user=approver)
         # Written in the submit's own transaction, sent by nobody yet.
         notification = Notification.objects.get(kind="review_needed")
-        assert enqueued == []
+        assert no_broker.sent == []
     # The author is an approver too, but is not asked to review their own words.
     assert notification.recipients == ["approver2@example.com"]
     assert (notification.team, notification.target_type, notification.target_id) == (
@@ -605,7 +605,7 @@ def test_submit_writes_the_review_email_for_the_teams_other_approvers_and_sends_
         str(draft.pk),
     )
     assert notification.state == "pending"
-    assert enqueued == [("deliver_notification", notification.pk)]
+    assert no_broker.sent == [("deliver_notification", notification.pk)]
     assert mail.outbox == []
 
     assert notifications.deliver_due() == {"sent": 1}

@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 
 from incidents.models import Draft, DraftState, Publication, Review
 
-# The publication is queued (the ``enqueued`` fixture keeps the broker out); sending it is tests/publishing's.
+# The publication is queued (``no_broker`` keeps the broker out); sending it is tests/publishing's.
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
@@ -22,7 +22,7 @@ def sign_in(page: Page, base: str, username: str, password: str) -> None:
 
 
 def test_responder_drafts_with_live_validation_and_approver_approves(
-    live_server, browser, responder, approver, api_service, password, csp_violations, page, enqueued
+    live_server, browser, responder, approver, api_service, password, csp_violations, page, no_broker
 ):
     base = live_server.url
     sign_in(page, base, "responder", password)
@@ -71,7 +71,7 @@ def test_responder_drafts_with_live_validation_and_approver_approves(
     assert publication.revision == revision
     # The approval bound the hash the page showed, and the publication went to the broker after commit.
     assert Review.objects.get(revision=revision).sha256 == revision.sha256
-    assert ("publish", publication.pk) in enqueued
+    assert ("publish", publication.pk) in no_broker.sent
 
     approver_page.goto(f"{base}/audit/")
     log = approver_page.locator("main")

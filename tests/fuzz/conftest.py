@@ -89,12 +89,6 @@ def request_errors():
 
 
 # --- The world ------------------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The personas' passwords, and every password a fuzzed sign-in checks, hashed in microseconds."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def plain_staff(db):
     """Staff without superuser, on no team."""

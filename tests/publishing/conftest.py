@@ -11,12 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
@@ -26,6 +24,7 @@ from incidents.models import Role
 from sandbox.models import SandboxIncident, SandboxRequest
 from sandbox.registry import register_service
 from tests.factories import MembershipFactory, ServiceFactory, TeamFactory, UserFactory
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CELERY = Path(sys.executable).with_name("celery")
@@ -68,18 +67,6 @@ SETTINGS_TYPES = {
 
 if not django_settings.SANDBOX_ENABLED:  # pragma: no cover - only when run against real IsDown
     pytest.skip("the sandbox is not mounted (SANDBOX_ENABLED is off)", allow_module_level=True)
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(interval)
 
 
 def sandbox_requests(method: str | None = None, path_prefix: str = "/sandbox/api/v2/incidents") -> list[SandboxRequest]:

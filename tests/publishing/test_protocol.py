@@ -579,7 +579,7 @@ def test_the_fence_renews_the_lease_right_before_the_call(fake_isdown, service, 
 
 # --- Order per incident -------------------------------------------------------------------------------------------
 def test_a_later_publication_for_the_same_incident_waits_and_is_handed_the_queue(
-    fake_isdown, service, responder, enqueued, django_capture_on_commit_callbacks
+    fake_isdown, service, responder, no_broker, django_capture_on_commit_callbacks
 ):
     incident = Incident.objects.create(service=service, remote_id="55001", title="Elevated API errors")
     first = update_publication(incident=incident, author=responder, description="First.")
@@ -599,7 +599,7 @@ def test_a_later_publication_for_the_same_incident_waits_and_is_handed_the_queue
     due_now(first)
     with django_capture_on_commit_callbacks(execute=True):
         publishing.process(publication_id=first.pk)
-    assert ("publish", second.pk) in enqueued
+    assert ("publish", second.pk) in no_broker.sent
     assert publishing.process(publication_id=second.pk).state == S.PUBLISHED
     assert [call.request.content for call in patch.calls][1:] == [
         first.request.body.encode(),
@@ -608,7 +608,7 @@ def test_a_later_publication_for_the_same_incident_waits_and_is_handed_the_queue
 
 
 def test_a_failed_publication_holds_the_queue_until_it_is_abandoned_with_a_reason(
-    fake_isdown, service, responder, approver, enqueued, django_capture_on_commit_callbacks
+    fake_isdown, service, responder, approver, no_broker, django_capture_on_commit_callbacks
 ):
     incident = Incident.objects.create(service=service, remote_id="55001", title="Elevated API errors")
     first = update_publication(incident=incident, author=responder)
@@ -626,7 +626,7 @@ def test_a_failed_publication_holds_the_queue_until_it_is_abandoned_with_a_reaso
     assert first.draft.state == DraftState.ABANDONED
     event = AuditEvent.objects.get(action="publication.abandoned")
     assert event.actor_id == approver.pk and event.changes["reason"] == [None, "Superseded by the next update."]
-    assert ("publish", second.pk) in enqueued
+    assert ("publish", second.pk) in no_broker.sent
 
 
 def test_the_database_allows_one_holding_publication_per_incident(service, responder):
@@ -674,14 +674,14 @@ def test_the_sweeper_leaves_recent_waiting_and_not_yet_due_publications_alone(se
 
 # --- Human actions ------------------------------------------------------------------------------------------
 def test_retry_now_requeues_a_failed_publication_with_a_fresh_budget_and_is_audited(
-    service, responder, approver, enqueued, django_capture_on_commit_callbacks
+    service, responder, approver, no_broker, django_capture_on_commit_callbacks
 ):
     publication = set_state(approved_publication(service=service, author=responder), S.FAILED, attempts=3)
     with django_capture_on_commit_callbacks(execute=True):
         publishing.retry_now(publication_id=publication.pk, user=approver, expected_state=S.FAILED)
     publication.refresh_from_db()
     assert publication.state == S.QUEUED and publication.attempts == 0
-    assert enqueued == [("publish", publication.pk)]
+    assert no_broker.sent == [("publish", publication.pk)]
     event = AuditEvent.objects.get(action="publication.retry_requested")
     assert event.actor_id == approver.pk and event.changes["state"] == ["failed", "queued"]
 

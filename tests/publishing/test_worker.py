@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from kombu.exceptions import OperationalError
 
 from incidents import enqueue, publishing, tasks
 from incidents.models import (
@@ -22,8 +21,9 @@ from incidents.models import (
 )
 from sandbox import api as sandbox_api
 from sandbox.faults import add_fault
+from tests.waiting import wait_for
 
-from .conftest import sandbox_incidents, sandbox_requests, wait_for
+from .conftest import sandbox_incidents, sandbox_requests
 from .factories import approved_publication, update_publication
 
 pytestmark = pytest.mark.worker
@@ -216,15 +216,11 @@ def test_a_worker_killed_mid_request_leads_to_exactly_one_incident_after_restart
 
 
 def test_an_enqueue_that_never_reaches_the_broker_is_published_once_by_the_sweeper(
-    start_worker, service, author, monkeypatch
+    start_worker, service, author, no_broker
 ):
-    def broker_down(*args, **kwargs):
-        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-
     publication = approved_publication(service=service, author=author)
     start_worker()
-    with monkeypatch.context() as patch:
-        patch.setattr(enqueue.current_app, "send_task", broker_down)
+    with no_broker.down():
         assert enqueue.publication(publication.pk) is False  # swallowed and logged, like on_commit after approve()
     publication.refresh_from_db()
     assert publication.state == S.QUEUED and publication.last_enqueued_at is None
