@@ -1292,8 +1292,12 @@ def attribute(*, incident: Incident, remote: isdown.RemoteIncident, task_id: str
 
 def pending_effects(remote_id: str) -> list[matching.Effect]:
     """The effects of this incident's publications that may be on IsDown without being recorded yet (in flight
-    or undecided): sync does not call what they show drift."""
-    rows = Publication.objects.filter(target_remote_id=remote_id, state__in=HOLDING_PUBLICATION_STATES).select_related(
-        "request"
-    )
+    or undecided, or a late twin of one that was sent again: published with a watch, or duplicate detected): sync
+    does not call what they show drift."""
+    rows = Publication.objects.filter(
+        Q(state__in=HOLDING_PUBLICATION_STATES)
+        | Q(state=S.DUPLICATE_DETECTED)
+        | Q(state=S.PUBLISHED, watch_until__isnull=False),
+        target_remote_id=remote_id,
+    ).select_related("request")
     return [matching.Effect.of(approved_request(p)) for p in rows if p.first_sent_at is not None]

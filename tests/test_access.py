@@ -11,7 +11,7 @@ from incidents import access
 from incidents.models import Role
 
 # Pages that must answer without a session. The admin's own login page is "login itself".
-PUBLIC_PATHS = {"/accounts/login/", "/healthz", "/admin/login/"}
+PUBLIC_PATHS = {"/accounts/login/", "/healthz", "/admin/login/", "/favicon.ico"}
 # The IsDown sandbox emulates a third-party API and its public status page: the bearer key guards the API.
 PUBLIC_PREFIXES = ("/sandbox/api/", "/sandbox/status/")
 

@@ -24,7 +24,7 @@ def sign_in(page, base: str, username: str, password: str) -> None:
 
 
 @pytest.fixture
-def world(responder, approver, auditor, api_service, enqueued):
+def world(responder, approver, auditor, api_service, no_broker):
     from incidents import workflow
 
     incident = IncidentFactory(service=api_service, remote_id="4242", title="Elevated API errors")

@@ -466,11 +466,6 @@ def _reached(publication: Publication, *states: str, watching: bool | None = Non
 
 
 @pytest.mark.worker
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: publishing.pending_effects covers only holding states, so sync calls the twin of a resent "
-    "update drift while its publication watches for it (published) or once the twin is found (duplicate_detected)",
-)
 @pytest.mark.parametrize("when", ["while-watching-for-it", "once-detected"])
 def test_a_late_twin_of_our_resent_update_is_not_drift(start_worker, service, author, when):
     worker = start_worker()
