@@ -65,6 +65,20 @@ class AdminLoginForm(BoundedLoginMixin, AdminAuthenticationForm):
     """The admin's sign-in form (``admin.site.login_form``)."""
 
 
+class UncutCharField(forms.CharField):
+    """A CharField whose input has no ``maxlength``: a browser silently cuts a paste at it (mid-word, issue 11).
+    The limit is still the field's: the page counts it and the server refuses more, saying by how much."""
+
+    def widget_attrs(self, widget: forms.Widget) -> dict[str, Any]:
+        attrs = super().widget_attrs(widget)
+        attrs.pop("maxlength", None)
+        return attrs
+
+
+# How the status page shows a description (settings.ISDOWN_MARKDOWN; only plain text is supported today).
+PLAIN_TEXT_HINT = "Shown as plain text on the status page: line breaks are kept, Markdown is not rendered."
+
+
 class DraftForm(forms.Form):
     """One form for both kinds of draft.
 
@@ -74,10 +88,15 @@ class DraftForm(forms.Form):
     """
 
     service = forms.ModelChoiceField(queryset=Service.objects.none(), label="Service", empty_label="Choose a service")
-    title = forms.CharField(label="Title", max_length=TITLE_MAX_LENGTH, strip=True)
+    title = UncutCharField(label="Title", max_length=TITLE_MAX_LENGTH, strip=True)
     severity = forms.ChoiceField(label="Severity", choices=Severity.choices)
-    description = forms.CharField(
-        label="Description", max_length=DESCRIPTION_MAX_LENGTH, required=False, widget=forms.Textarea, strip=True
+    description = UncutCharField(
+        label="Description",
+        max_length=DESCRIPTION_MAX_LENGTH,
+        required=False,
+        widget=forms.Textarea,
+        strip=True,
+        help_text=PLAIN_TEXT_HINT,
     )
     stage = forms.ChoiceField(label="Stage", choices=Stage.choices, initial=Stage.INVESTIGATING)
 
@@ -94,10 +113,12 @@ class DraftForm(forms.Form):
             del self.fields["service"]
             self.fields["stage"].required = False
             self.fields["stage"].choices = [("", "No stage change (no update posted)"), *Stage.choices]
-            self.fields["description"].help_text = "Posted as a new update. Description and stage go together."
+            self.fields[
+                "description"
+            ].help_text = f"Posted as a new update. Description and stage go together. {PLAIN_TEXT_HINT}"
         for name, field in self.fields.items():
             field.widget.attrs.setdefault("id", f"id_{name}")
-        # The widgets' maxlength comes from each field's max_length (Django sets it); the page's counters too.
+        # The page's counters come from each field's max_length (no maxlength attribute: see UncutCharField).
         self.fields["description"].widget.attrs["rows"] = 8
 
     def clean_title(self) -> str:

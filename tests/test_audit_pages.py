@@ -231,7 +231,7 @@ def test_bad_filter_input_is_a_clear_error_not_a_500(params, message, auditor, p
 
 def test_bad_filter_error_sits_next_to_its_field(auditor, as_user):
     response = as_user(auditor).get(URL, {"since": "nonsense"})
-    assert 'id="id_since-error"' in response.content.decode()
+    assert 'id="id_since_error"' in response.content.decode()
     # The typed text stays in the input so it can be corrected.
     assert 'value="nonsense"' in response.content.decode()
 

@@ -115,10 +115,10 @@ def test_live_validation_returns_preview_and_the_fields_errors_out_of_band(as_us
     assert response.status_code == 200
     body = response.content.decode()
     assert "<html" not in body
-    assert 'id="preview"' in body
-    assert 'id="errors-title" hx-swap-oob="true"' in body
+    assert 'id="request-preview"' not in body and "To see the exact request" in body  # the preview's body
+    assert 'id="id_title_error" hx-swap-oob="true"' in body
     assert "This field is required." in body
-    assert 'id="errors-severity"' not in body  # only the field the user left
+    assert 'id="id_severity_error"' not in body  # only the field the user left
 
 
 def test_preview_shows_the_exact_json_request(as_user, responder, api_service):
@@ -227,7 +227,7 @@ def test_moving_a_draft_to_another_service_is_refused_next_to_the_field(
     )
     assert response.status_code == 422
     assert (
-        '<div id="errors-service"><p class="field-error" id="id_service-error">The service of a draft cannot change'
+        '<div id="id_service_error" class="field-errors"><p class="field-error">The service of a draft cannot change'
         in response.content.decode()
     )
     draft.refresh_from_db()

@@ -13,13 +13,15 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import access, selectors, workflow
+from .. import access, notifications, selectors, workflow
 from ..diffs import diff_fields
 from ..forms import DRAFT_FIELD_LABELS, DraftForm, return_path
 from ..http import HtmxHttpRequest
-from ..models import DRAFT_FIELDS, Draft, DraftKind, Incident, Stage
+from ..models import DRAFT_FIELDS, Draft, DraftKind, Incident, Stage, Team
 
 TEMPLATE = "incidents/draft.html"
+# What a resolve form starts with (a constant until teams keep their own templates).
+RESOLVE_TEXT = "This incident has been resolved."
 # The buttons of a draft that is not being edited; each is one workflow action.
 DRAFT_ACTIONS = {"withdraw": workflow.withdraw, "discard": workflow.discard}
 
@@ -38,6 +40,7 @@ def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[s
         "raw": raw,
         "valid": form.is_valid(),
         "stage_label": dict(Stage.choices).get(raw["stage"]),
+        "problems": _problems(form),
     }
     if preview["valid"]:
         request = workflow.build_request(
@@ -51,35 +54,82 @@ def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[s
     return preview
 
 
+def _problems(form: DraftForm) -> list[dict[str, str]]:
+    """Every error of a bound form, each naming its field (label and the id to link to): the preview's hint and
+    the error summary say exactly what is wrong and where."""
+    if not form.is_bound or form.is_valid():
+        return []
+    problems = []
+    for name, errors in form.errors.items():
+        field = form.fields.get(name)
+        for message in errors:
+            problems.append(
+                {
+                    "id": form[name].auto_id if field is not None else "",
+                    "label": str(field.label) if field is not None else "",
+                    "message": message,
+                }
+            )
+    return problems
+
+
 def _wire_live_validation(form: DraftForm, url: str) -> None:
     """Each field posts the form to ``url`` as the user types or leaves it; the answer is the preview plus
     that field's errors (out of band). Without JavaScript these attributes do nothing."""
     for name, field in form.fields.items():
-        # Text fields wait for a pause in the typing; a select answers at once. ``this:replace`` drops the answer
-        # still in flight when a newer one is asked for, so an older preview never overwrites a newer one.
+        # Text fields wait for a pause in the typing; a select answers at once. All fields share the form's one
+        # request queue (``closest form:replace``): a newer validation aborts an older one from any field, so an
+        # older preview never overwrites a newer one. The live region (#preview) stays; only its body is swapped.
         typing = name in ("title", "description")
+        auto_id = form[name].auto_id
+        described_by = [f"{auto_id}_helptext"] if field.help_text else []
         field.widget.attrs.update(
             {
                 "hx-post": url,
                 "hx-trigger": "blur, input changed delay:600ms" if typing else "change",
-                "hx-target": "#preview",
-                "hx-swap": "outerHTML",
+                "hx-target": "#preview-body",
+                "hx-swap": "innerHTML",
                 "hx-vals": '{"action": "validate"}',
-                "hx-sync": "this:replace",
+                "hx-sync": "closest form:replace",
+                # The error container is always on the page (live validation fills it), so point at it always.
+                "aria-describedby": " ".join([*described_by, f"{auto_id}_error"]),
             }
         )
 
 
+def _approvers(request: HtmxHttpRequest, team: Team, draft: Draft | None) -> list:
+    """The team's approvers who could approve once the current user submits: the four-eyes rule excludes everyone
+    who saved a version (submitting saves one as the current user)."""
+    excluded = {
+        request.user.pk,
+        *(draft.editors if draft else ()),
+        *((draft.author_id, draft.last_editor_id) if draft else ()),
+    }
+    return list(notifications.team_approvers(team).exclude(pk__in=excluded).order_by("username"))
+
+
 def _context(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident: Incident | None, draft: Draft | None):
-    _wire_live_validation(form, request.path)
+    post_url = request.get_full_path()  # keeps ?resolve=1: the page stays the resolve page after a failed save
+    _wire_live_validation(form, post_url)
+    if draft is None and not form.is_bound and form.fields:
+        next(iter(form.fields.values())).widget.attrs["autofocus"] = True
     return_to = return_path(request)
+    team = draft.team if draft else (incident.service.team if incident else None)
+    editable = draft is None or draft.is_editable
+    # Storage of the typed text in the browser: per draft and version, or per new draft of an incident.
+    storage_key = f"draft:{draft.pk}:v{draft.version}" if draft else f"new:{incident.pk if incident else kind}"
     return {
         "form": form,
+        "summary": _problems(form) if form.is_bound else [],
+        "resolving": draft is None and kind == DraftKind.UPDATE and request.GET.get("resolve") == "1",
+        "team": team,
+        "approvers": _approvers(request, team, draft) if team is not None and editable else None,
+        "storage_key": storage_key,
         "kind": kind,
         "incident": incident,
         "draft": draft,
         "preview": _preview(form, kind=kind, incident=incident) if form.is_bound else None,
-        "post_url": request.path,
+        "post_url": post_url,
         "revisions": list(draft.revisions.select_related("review", "review__reviewer")) if draft else [],
         # A new incident's draft has no team until its service is chosen: team 0 is none, so no role is shown.
         "role": access.role_in(request.user, draft.team if draft else (incident.service.team if incident else 0)),
@@ -115,6 +165,13 @@ def _validate(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident:
     # Only the field being typed in: the ones the user has not reached yet must not turn red meanwhile.
     trigger = request.htmx.trigger_name if request.htmx else None
     fields = [trigger] if trigger in form.fields else list(form.fields)
+    # A rule across fields (description and stage go together) shows on the other field at once; a field the
+    # user has not reached yet (only "required") stays quiet.
+    fields += [
+        name
+        for name, errors in form.errors.as_data().items()
+        if name in form.fields and name not in fields and any(error.code != "required" for error in errors)
+    ]
     context = {
         "preview": _preview(form, kind=kind, incident=incident),
         "form": form,
@@ -126,11 +183,12 @@ def _validate(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident:
 
 
 def _initial_for_update(incident: Incident, resolve: bool) -> dict[str, str]:
+    """An update starts at the incident's current stage; resolving starts at resolved, with its usual words."""
     return {
         "title": incident.title,
         "severity": incident.severity,
-        "stage": Stage.RESOLVED if resolve else "",
-        "description": "",
+        "stage": Stage.RESOLVED if resolve else incident.stage,
+        "description": RESOLVE_TEXT if resolve else "",
     }
 
 

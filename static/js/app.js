@@ -54,6 +54,97 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { initCounters(document); labelCells(document); });
-  document.addEventListener("htmx:afterSettle", function (event) { initCounters(document); labelCells(document); });
+
+  // --- The draft form (issue 11) ---------------------------------------------------------------------------
+  // <form data-draft-form data-storage-key="draft:12:v3">: one request at a time (the fields share the form's
+  // hx-sync queue); a save or submit is never aborted by a validation; Ctrl/Cmd+Enter saves; leaving with unsaved
+  // text asks first; the typed text is kept in localStorage (this browser only) until a save succeeds. Only an
+  // explicit save writes to the server: nothing here posts on its own.
+  var FIELDS = ["title", "severity", "description", "stage", "service"];
+  var dirty = false;
+
+  function draftForm() { return document.querySelector("[data-draft-form]"); }
+  function storageKey(form) { return "isdown-admin:" + form.dataset.storageKey; }
+  function isValidation(event) {
+    var parameters = event.detail.requestConfig && event.detail.requestConfig.parameters;
+    return parameters && String(parameters.get ? parameters.get("action") : parameters.action) === "validate";
+  }
+  function store(form) {
+    var values = {};
+    FIELDS.forEach(function (name) { if (form.elements[name]) values[name] = form.elements[name].value; });
+    try { window.localStorage.setItem(storageKey(form), JSON.stringify(values)); } catch (e) { /* full or off */ }
+  }
+  function forget(form) { try { window.localStorage.removeItem(storageKey(form)); } catch (e) { /* off */ } }
+
+  function initDraftForm() {
+    var form = draftForm();
+    if (!form || form.dataset.draftBound) return;
+    form.dataset.draftBound = "1";
+    dirty = false;
+    var saved = null;
+    try { saved = JSON.parse(window.localStorage.getItem(storageKey(form)) || "null"); } catch (e) { saved = null; }
+    var notice = document.getElementById("restored-notice");
+    if (saved) {
+      var original = {};
+      var differs = false;
+      FIELDS.forEach(function (name) {
+        var field = form.elements[name];
+        if (!field || !(name in saved)) return;
+        original[name] = field.value;
+        if (field.value !== saved[name]) { differs = true; field.value = saved[name]; }
+      });
+      if (differs && notice) {
+        dirty = true;
+        notice.hidden = false;
+        notice.querySelector("[data-discard-restored]").addEventListener("click", function () {
+          Object.keys(original).forEach(function (name) { form.elements[name].value = original[name]; });
+          forget(form);
+          dirty = false;
+          notice.hidden = true;
+          initCounters(document);
+        });
+      }
+      dirty = true;  // a stored copy is text not saved yet, restored or already in the form
+    }
+    form.addEventListener("input", function () { dirty = true; store(form); });
+    form.addEventListener("change", function () { dirty = true; store(form); });
+    form.addEventListener("submit", function () { dirty = false; });
+  }
+
+  // Ctrl+Enter (Cmd+Enter on a Mac) in the draft form saves it.
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    var form = event.target.closest && event.target.closest("[data-draft-form]");
+    if (!form) return;
+    event.preventDefault();
+    var save = form.querySelector("button[value=save]");
+    if (save && !save.disabled) form.requestSubmit(save);
+  });
+
+  // A save or submit in flight wins: validations asked for meanwhile are dropped, not allowed to abort it.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var form = draftForm();
+    if (!form || !form.contains(event.detail.elt)) return;
+    if (isValidation(event)) {
+      if (form.dataset.saving) event.preventDefault();
+    } else if (event.detail.elt === form) {
+      form.dataset.saving = "1";
+    }
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = draftForm();
+    if (!form || event.detail.elt !== form) return;
+    delete form.dataset.saving;
+    // Saved or submitted (the server redirects): the stored copy is no longer needed.
+    if (event.detail.xhr && event.detail.xhr.getResponseHeader("HX-Redirect")) { forget(form); dirty = false; }
+  });
+  // A plain (no-JS path) submit that leaves the page successfully: the next page load on another key forgets.
+  window.addEventListener("beforeunload", function (event) {
+    if (!dirty) return;
+    event.preventDefault();
+    event.returnValue = "";
+  });
+
+  document.addEventListener("DOMContentLoaded", function () { initCounters(document); labelCells(document); initDraftForm(); });
+  document.addEventListener("htmx:afterSettle", function (event) { initCounters(document); labelCells(document); initDraftForm(); });
 })();

@@ -34,11 +34,11 @@ def test_responder_drafts_with_live_validation_and_approver_approves(
     page.fill("#id_title", "x")
     page.fill("#id_title", "")
     page.locator("#id_title").blur()
-    expect(page.locator("#errors-title")).to_contain_text("This field is required.")
+    expect(page.locator("#id_title_error")).to_contain_text("This field is required.")
 
     page.fill("#id_title", "Elevated API errors")
     page.locator("#id_title").blur()
-    expect(page.locator("#errors-title")).to_be_empty()
+    expect(page.locator("#id_title_error")).to_be_empty()
     expect(page.locator("[data-counter-for=id_title]")).to_have_text("19 / 255")
 
     page.select_option("#id_severity", "major")
