@@ -10,15 +10,9 @@ from playwright.sync_api import Error, Page, Route, expect
 
 from incidents.models import Draft
 
+from .pagecheck import sign_in
+
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def sign_in(page: Page, base: str, username: str, password: str) -> None:
-    page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    expect(page.locator(".whoami .username")).to_have_text(username)
 
 
 def open_new_draft(page: Page, base: str, password: str) -> None:

@@ -5,20 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 from incidents.models import Draft, DraftState, Publication, Review
 
 # The publication is queued (``no_broker`` keeps the broker out); sending it is tests/publishing's.
+from .pagecheck import sign_in
+
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def sign_in(page: Page, base: str, username: str, password: str) -> None:
-    page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    expect(page.locator(".whoami .username")).to_have_text(username)
 
 
 def test_responder_drafts_with_live_validation_and_approver_approves(

@@ -1,5 +1,5 @@
 """Every page each persona reaches, in the states that matter, at 1280 px and 390 px: it fits the window, axe-core
-finds nothing critical or serious, it has a proper title, and a screenshot is written (tests/browser/inspect.py)."""
+finds nothing critical or serious, it has a proper title, and a screenshot is written (tests/browser/pagecheck.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,9 @@ from incidents.models import Publication, PublicationState
 from tests.factories import IncidentFactory
 from tests.publishing.factories import approved_publication, update_publication
 
-from .inspect import WIDTHS, Findings, inspecting_context
+from .pagecheck import WIDTHS, Findings, inspecting_context, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def sign_in(page, base: str, username: str, password: str) -> None:
-    page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    expect(page.locator(".whoami .username")).to_have_text(username)
 
 
 @pytest.fixture
