@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest
@@ -75,8 +76,13 @@ class UncutCharField(forms.CharField):
         return attrs
 
 
-# How the status page shows a description (settings.ISDOWN_MARKDOWN; only plain text is supported today).
+# How the status page shows a description (settings.ISDOWN_MARKDOWN).
 PLAIN_TEXT_HINT = "Shown as plain text on the status page: line breaks are kept, Markdown is not rendered."
+MARKDOWN_HINT = "Markdown is rendered on the status page (bold, lists, links); the preview shows it that way."
+
+
+def description_hint() -> str:
+    return MARKDOWN_HINT if settings.ISDOWN_MARKDOWN else PLAIN_TEXT_HINT
 
 
 class DraftForm(forms.Form):
@@ -96,7 +102,7 @@ class DraftForm(forms.Form):
         required=False,
         widget=forms.Textarea,
         strip=True,
-        help_text=PLAIN_TEXT_HINT,
+        help_text="",
     )
     stage = forms.ChoiceField(label="Stage", choices=Stage.choices, initial=Stage.INVESTIGATING)
 
@@ -104,6 +110,7 @@ class DraftForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.kind = kind
         self.incident = incident
+        self.fields["description"].help_text = description_hint()
         if kind == DraftKind.OPEN:
             services = access.services(user, access.DRAFTING_ROLES)
             self.fields["service"].queryset = services
@@ -115,7 +122,7 @@ class DraftForm(forms.Form):
             self.fields["stage"].choices = [("", "No stage change (no update posted)"), *Stage.choices]
             self.fields[
                 "description"
-            ].help_text = f"Posted as a new update. Description and stage go together. {PLAIN_TEXT_HINT}"
+            ].help_text = f"Posted as a new update. Description and stage go together. {description_hint()}"
         for name, field in self.fields.items():
             field.widget.attrs.setdefault("id", f"id_{name}")
         # The page's counters come from each field's max_length (no maxlength attribute: see UncutCharField).

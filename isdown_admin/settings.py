@@ -346,14 +346,10 @@ if not DEBUG and not ISDOWN_API_URL.startswith("https://"):
 PUBLISHES_TO_SANDBOX = not ISDOWN_API_KEY
 # The whole of one IsDown call, DNS included: a call that has not started when it runs out is never started.
 ISDOWN_TIMEOUT = env_float("ISDOWN_TIMEOUT", 10.0, minimum=0.1)
-# Whether IsDown's status page renders descriptions as Markdown: IsDown does not document it, so plain text.
-# Markdown would need a sanitised renderer (markdown + nh3) the preview can trust: refused until one is wired.
+# Whether IsDown's status page renders descriptions as Markdown: IsDown does not document it, so plain text by
+# default. Either way the text is sent as typed; the setting decides what the form says and how the preview
+# (and the review) shows it (incidents/templatetags/status_text.py: Markdown rendered, then sanitised by nh3).
 ISDOWN_MARKDOWN = env_bool("ISDOWN_MARKDOWN", False)
-if ISDOWN_MARKDOWN:
-    raise ImproperlyConfigured(
-        "ISDOWN_MARKDOWN=1 is not supported yet: descriptions are previewed and sent as plain text, and no "
-        "sanitised Markdown renderer is installed. Unset ISDOWN_MARKDOWN (or set it to 0)."
-    )
 # The key the client sends: the real one, or the sandbox's when we are talking to the sandbox.
 ISDOWN_EFFECTIVE_API_KEY = ISDOWN_API_KEY or SANDBOX_API_KEY
 
