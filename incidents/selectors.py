@@ -182,14 +182,19 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
     act on it (and if not, who can). ``return_to`` is where its action forms send the user back."""
     is_approver = access.has_role(user, publication.team_id, access.REVIEWING_ROLES)
     waiting_for = publishing.ahead_of(publication) if publication.state in publishing.CLAIMABLE_FOR_SEND else None
+    refused_for_good = publishing.refused_for_good(publication)
+    # Someone who cannot act on it (or on the one it waits for) is told who can, by name.
+    held = publication.needs_human or (waiting_for is not None and waiting_for.needs_human)
     return {
         "publication": publication,
         "attempts": publication.attempt_rows.order_by("number"),
         "can_act": publication.needs_human and is_approver,
+        "refused_for_good": refused_for_good,
+        "can_resubmit": refused_for_good and access.has_role(user, publication.team_id, access.DRAFTING_ROLES),
         "can_delete_duplicates": publication.state == PublicationState.DUPLICATE_DETECTED
         and publication.request.method == "POST",
         "approvers": list(notifications.team_approvers(publication.team).order_by("username"))
-        if publication.needs_human and not is_approver
+        if held and not is_approver
         else [],
         "waiting_for": waiting_for,
         "return_to": return_to,

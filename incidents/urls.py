@@ -19,6 +19,11 @@ urlpatterns = [
     path("audit/verify/", audit.audit_verify, name="audit_verify"),
     path("publications/<int:pk>/", publications.publication_status, name="publication_status"),
     path("publications/<int:pk>/retry/", publications.publication_retry, name="publication_retry"),
+    path(
+        "publications/<int:pk>/edit-and-resubmit/",
+        publications.publication_edit_and_resubmit,
+        name="publication_edit_and_resubmit",
+    ),
     path("publications/<int:pk>/send-again/", publications.publication_send_again, name="publication_send_again"),
     path(
         "publications/<int:pk>/mark-published/",

@@ -14,6 +14,7 @@ from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from .. import access, publishing, selectors
 from ..forms import next_path, return_path
@@ -68,6 +69,30 @@ def publication_retry(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         publishing.retry_now(publication_id=publication.pk, user=request.user, expected_state=expected_state)
 
     return _act(request, pk, action="retry a publication", run=run)
+
+
+@require_POST
+def publication_edit_and_resubmit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """IsDown refused it for good: supersede it and open its draft for editing (responders and approvers)."""
+    publication = _scoped(request, pk)
+    access.require_role(request.user, publication.team, access.DRAFTING_ROLES, action="edit and resubmit a draft")
+    try:
+        publishing.edit_and_resubmit(
+            publication_id=publication.pk, user=request.user, expected_state=request.POST.get("state") or None
+        )
+    except publishing.InvalidTransition as exc:
+        publication.refresh_from_db()
+        if request.htmx:
+            context = publication_context(request, publication, action_error=str(exc))
+            return render(request, FRAGMENT, context, status=409)
+        messages.error(request, str(exc))
+        return HttpResponseRedirect(next_path(request) or reverse("incidents:publication_status", args=[pk]))
+    messages.success(
+        request,
+        f"Draft #{publication.draft_id} is open for editing: fix what IsDown refused, then submit it for review.",
+    )
+    url = reverse("incidents:draft_detail", args=[publication.draft_id])
+    return HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url)
 
 
 @require_POST
