@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Max, Q, QuerySet
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 
 from . import access, notifications, publishing
 from .forms import NO_TEAM, PublicationActionForm
@@ -201,3 +202,28 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
         "action_form": PublicationActionForm(),
         **extra,
     }
+
+
+# --- Where the public reads it ------------------------------------------------------------------------------
+# The addresses IsDown may give an incident (mirror.py keeps its attributes), the incident's own page first.
+PUBLIC_URL_ATTRIBUTES = ("url", "isdown_url", "service_status_url")
+
+
+def public_page_url(incident: Incident | None) -> str:
+    """Where the public reads this incident: the address IsDown gave it, or (publishing to the sandbox) the
+    sandbox's status page of its service; "" when unknown. Only http(s) addresses: IsDown's text is not ours."""
+    if incident is None:
+        return ""
+    payload: dict[str, Any] = incident.remote_payload if isinstance(incident.remote_payload, dict) else {}
+    nested = payload.get("attributes")
+    attributes: dict[str, Any] = nested if isinstance(nested, dict) else payload
+    candidates = [attributes.get(name) for name in PUBLIC_URL_ATTRIBUTES] + [incident.remote_url]
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.startswith(("https://", "http://")):
+            return candidate
+    if settings.SANDBOX_ENABLED and settings.PUBLISHES_TO_SANDBOX:
+        try:
+            return reverse("sandbox:status", args=[incident.service.isdown_service_id])
+        except NoReverseMatch:
+            return ""
+    return ""
