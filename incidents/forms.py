@@ -202,6 +202,14 @@ class AuditFilterForm(forms.Form):
     team = forms.ChoiceField(required=False, label="Team")
     actor = forms.CharField(required=False, max_length=150, label="Actor", help_text="Username")
     action = AuditActionField(required=False, label="Action")
+    # An incident page's "all of it" link: the incident's events and those of its drafts and publications.
+    incident = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=ID_MAX,
+        label="Incident id",
+        help_text="With its drafts and publications",
+    )
     target_type = forms.CharField(required=False, max_length=40, label="Target type", help_text="e.g. draft")
     target_id = forms.CharField(required=False, max_length=64, label="Target id")
     target = forms.CharField(required=False, max_length=300, label="Target label contains")

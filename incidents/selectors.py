@@ -58,6 +58,13 @@ def filtered_events(user, filters: Mapping[str, Any]) -> QuerySet[AuditEvent]:
     if action := filters.get("action"):
         prefix = action.rstrip("*")
         events = events.filter(action__startswith=prefix) if prefix.endswith(".") else events.filter(action=action)
+    if incident_id := filters.get("incident"):
+        drafts, publications = incident_related_ids(user, incident_id)
+        events = events.filter(
+            Q(target_type="incident", target_id=str(incident_id))
+            | Q(target_type="draft", target_id__in=[str(pk) for pk in drafts])
+            | Q(target_type="publication", target_id__in=[str(pk) for pk in publications])
+        )
     if target_type := (filters.get("target_type") or "").strip():
         events = events.filter(target_type=target_type.lower())
     if target_id := (filters.get("target_id") or "").strip():
@@ -99,6 +106,19 @@ def keyset_page(
     )
 
 
+def incident_related_ids(user, incident_id: int) -> tuple[list[int], list[int]]:
+    """The ids of the drafts and publications (that ``user`` may see) of one incident: its page's timeline and
+    history, and the audit log's incident filter, show the same ones."""
+    drafts = (
+        access.drafts(user)
+        .filter(Q(incident_id=incident_id) | Q(publications__incident_id=incident_id))
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    publications = access.publications(user).filter(incident_id=incident_id).values_list("pk", flat=True)
+    return list(drafts), list(publications)
+
+
 def history_for(
     user,
     *,
@@ -106,9 +126,11 @@ def history_for(
     target_ids: Iterable[str | int],
     limit: int = AUDIT_PAGE_SIZE,
     also: Mapping[str, Iterable[str | int]] | None = None,
+    more_filters: Mapping[str, str | int] | None = None,
 ) -> History:
     """The scoped events about one object (``target_type`` + ``target_ids``) and, via ``also``, about
     related ones (e.g. an incident page passes ``also={"draft": draft_ids}``). Newest first, at most ``limit``.
+    ``more_filters`` are the audit log's filters of the "all of it" link (default: this one target).
 
     Only auditors and approvers of the team (and staff) see history, as with the audit log itself.
     """
@@ -128,7 +150,9 @@ def history_for(
     events.sort(key=lambda event: event.seq, reverse=True)
     more_url = ""
     ids = wanted.get(target_type, [])
-    if len(ids) == 1:
+    if more_filters:
+        more_url = reverse("incidents:audit_log") + "?" + urlencode(more_filters)
+    elif len(ids) == 1:
         more_url = reverse("incidents:audit_log") + "?" + urlencode({"target_type": target_type, "target_id": ids[0]})
     return History(visible=True, events=events[:limit], truncated=len(events) > limit, more_url=more_url)
 

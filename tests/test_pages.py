@@ -86,3 +86,68 @@ def title_of(html: str) -> str:
     match = re.search(r"<title>(.*?)</title>", html, re.S)
     assert match is not None
     return match.group(1).strip()
+
+
+def main_of(html: str) -> str:
+    start = html.index("<main")
+    return html[start : html.index("</main>", start)]
+
+
+# --- Titles and key sections ---------------------------------------------------------------------------------
+LONG_TITLE = "Elevated error rates on the public API for customers in the EU region after the 14:00 deploy"
+
+
+def test_the_incident_page_has_a_short_title_and_its_history_in_the_body(approver, api_service, as_user):
+    incident = Incident.objects.create(service=api_service, remote_id="501", title=LONG_TITLE)
+    html = _html(as_user(approver).get(reverse("incidents:incident_detail", args=[incident.pk])))
+    title = title_of(html)
+    assert title.startswith("Elevated error rates") and f"Incident #{incident.pk}" in title
+    assert len(title) <= 90 and LONG_TITLE not in title
+    body = main_of(html)
+    assert '<section class="panel audit-history" id="history"' in body and "<h2>History</h2>" in body
+    assert 'href="#history"' in body
+
+
+def test_the_review_dashboard_audit_and_publication_pages_say_what_they_are(
+    in_review, approver, responder, auditor, api_service, as_user
+):
+    review = _html(as_user(approver).get(reverse("incidents:draft_review", args=[in_review.pk])))
+    assert title_of(review) == f"Review draft #{in_review.pk}: API errors · isdown-admin"
+    assert 'id="entry-preview"' in main_of(review) and 'id="decision"' in main_of(review)
+
+    dashboard = _html(as_user(approver).get(reverse("incidents:dashboard")))
+    assert title_of(dashboard) == "Dashboard · isdown-admin"
+    reviews = main_of(dashboard)[main_of(dashboard).index('id="panel-reviews"') :]
+    assert f'href="{reverse("incidents:draft_review", args=[in_review.pk])}"' in reviews
+
+    audit_log = _html(as_user(auditor).get(reverse("incidents:audit_log")))
+    assert title_of(audit_log) == "Audit log · isdown-admin"
+    assert 'id="audit-filters"' in main_of(audit_log) and 'id="audit-results"' in main_of(audit_log)
+
+    publication = approved_publication(service=api_service, author=responder)
+    page = _html(as_user(auditor).get(reverse("incidents:publication_status", args=[publication.pk])))
+    assert title_of(page) == f"Publication #{publication.pk}: Queued · isdown-admin"
+    assert f'id="publication-{publication.pk}"' in main_of(page)
+    assert f'href="{reverse("incidents:draft_detail", args=[publication.draft_id])}"' in main_of(page)
+
+
+def test_all_of_it_in_the_audit_log_lists_the_incident_drafts_and_publications_events(
+    approver, responder, api_service, as_user
+):
+    incident = Incident.objects.create(service=api_service, remote_id="502", title="Queue backlog")
+    draft = workflow.create(
+        user=responder, service=api_service, kind=DraftKind.UPDATE, incident=incident, fields=FIELDS
+    )
+    workflow.submit(draft_id=draft.pk, user=responder)
+    other = workflow.create(
+        user=responder, service=api_service, kind=DraftKind.OPEN, fields={**FIELDS, "title": "Other"}
+    )
+
+    client = as_user(approver)
+    page = _html(client.get(reverse("incidents:incident_detail", args=[incident.pk])))
+    link = re.search(r'<a href="([^"]+)">All of it in the audit log</a>', page)
+    assert link is not None
+    log = main_of(_html(client.get(link.group(1).replace("&amp;", "&"))))
+    assert "draft.created" in log and "draft.submitted" in log
+    assert f"draft #{draft.pk}".lower() in log.lower()
+    assert f"Draft #{other.pk}:" not in log

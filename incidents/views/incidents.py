@@ -58,6 +58,7 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             target_type="incident",
             target_ids=[incident.pk],
             also={"draft": [d.pk for d in drafts], "publication": [p.pk for p in publications]},
+            more_filters={"incident": incident.pk},
         ),
         "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
         "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
