@@ -138,3 +138,14 @@ def test_a_responder_waiting_behind_a_held_publication_is_told_who_can_release_i
     html = _status_page(as_user(responder), behind)
     assert f'href="mailto:{approver.email}"' in html
     assert f"Ask them to retry or abandon publication #{refused.pk}" in html
+
+
+def test_the_draft_and_incident_pages_offer_edit_and_resubmit_too(refused, incident, responder, as_user):
+    client = as_user(responder)
+    for url in (
+        reverse("incidents:draft_detail", args=[refused.draft_id]),
+        reverse("incidents:incident_detail", args=[incident.pk]),
+    ):
+        Publication.objects.filter(pk=refused.pk).update(incident=incident)
+        html = client.get(url).content.decode()
+        assert "Edit and resubmit" in html and "Retry now" not in html, url
