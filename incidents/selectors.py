@@ -157,6 +157,28 @@ def history_for(
     return History(visible=True, events=events[:limit], truncated=len(events) > limit, more_url=more_url)
 
 
+def incident_history(user, incident: Incident) -> History:
+    """The incident page's history: the incident's events and its drafts' and publications'."""
+    drafts, publications = incident_related_ids(user, incident.pk)
+    return history_for(
+        user,
+        target_type="incident",
+        target_ids=[incident.pk],
+        also={"draft": drafts, "publication": publications},
+        more_filters={"incident": incident.pk},
+    )
+
+
+def draft_history(user, draft: Draft) -> History:
+    """The draft page's history: the draft's events and its publications'."""
+    return history_for(
+        user,
+        target_type="draft",
+        target_ids=[draft.pk],
+        also={"publication": list(draft.publications.values_list("pk", flat=True))},
+    )
+
+
 def audit_scope_teams(user, team_filter: str) -> list[Team | None]:
     """Teams whose events an action on the audit log touches: one audit event is written per team, so each
     team's auditors see it in their own log. ``None`` stands for the staff-only team-less events."""
