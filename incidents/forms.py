@@ -254,6 +254,17 @@ class AuditFilterForm(forms.Form):
         return cleaned
 
 
+# --- The account page --------------------------------------------------------------------------------------
+class TimeZoneForm(forms.Form):
+    """The zone times are shown and typed in; "" is the site's (settings.TIME_ZONE)."""
+
+    time_zone = forms.ChoiceField(required=False, label="Time zone")
+
+    def __init__(self, *args: Any, zones: Iterable[str], site_zone: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["time_zone"].choices = [("", f"The site's ({site_zone})"), *((name, name) for name in zones)]
+
+
 # --- A publication's human actions -------------------------------------------------------------------------
 class PublicationActionForm(forms.Form):
     """The inputs of an approver's actions on a publication (``_publication.html``): the IsDown incident id of

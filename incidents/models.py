@@ -525,6 +525,17 @@ class Notification(models.Model):
         return f"{self.get_state_display()}: {self.subject}"
 
 
+class UserPreference(models.Model):
+    """A user's display settings. Only preferences.py writes it."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preference")
+    # An IANA zone name ("Europe/Lisbon"); "" means the site's (settings.TIME_ZONE).
+    time_zone = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"Preferences of user #{self.user_id}"
+
+
 class SystemMark(models.Model):
     """A mark the system leaves for itself in Postgres: worker and beat heartbeats (``worker:<name>``, ``beat``)
     and until when sync waits for IsDown's Retry-After (``sync.paused_until``)."""

@@ -163,6 +163,7 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "favicon": public(REDIRECT, 405),  # on to the static file, for anyone
     # The app.
     "incidents:dashboard": same((200, 405)),
+    "incidents:account": same((200, REDIRECT)),  # an empty POST chooses the site's zone
     "incidents:incident_list": same((200, 405)),
     "incidents:service_detail": team_object(responder=(200, 405), approver=(200, 405), auditor=(200, 405)),
     "incidents:incident_detail": team_object(responder=(200, 405), approver=(200, 405), auditor=(200, 405)),
