@@ -230,6 +230,14 @@ class AuditFilterForm(forms.Form):
     team = forms.ChoiceField(required=False, label="Team")
     actor = forms.CharField(required=False, max_length=150, label="Actor", help_text="Username")
     action = AuditActionField(required=False, label="Action")
+    # An incident page's "all of it" link: the incident's events and those of its drafts and publications.
+    incident = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=ID_MAX,
+        label="Incident id",
+        help_text="With its drafts and publications",
+    )
     target_type = forms.CharField(required=False, max_length=40, label="Target type", help_text="e.g. draft")
     target_id = forms.CharField(required=False, max_length=64, label="Target id")
     target = forms.CharField(required=False, max_length=300, label="Target label contains")
@@ -272,6 +280,17 @@ class AuditFilterForm(forms.Form):
         if cleaned.get("before") and cleaned.get("after"):
             raise forms.ValidationError("A page link has both “before” and “after”; follow a link from the page.")
         return cleaned
+
+
+# --- The account page --------------------------------------------------------------------------------------
+class TimeZoneForm(forms.Form):
+    """The zone times are shown and typed in; "" is the site's (settings.TIME_ZONE)."""
+
+    time_zone = forms.ChoiceField(required=False, label="Time zone")
+
+    def __init__(self, *args: Any, zones: Iterable[str], site_zone: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["time_zone"].choices = [("", f"The site's ({site_zone})"), *((name, name) for name in zones)]
 
 
 # --- A publication's human actions -------------------------------------------------------------------------

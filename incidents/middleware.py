@@ -1,5 +1,5 @@
 """Request-level policies: a request id of our own, the client's real address, ip / user agent for the audit
-log's context, the idle timeout of signed-in sessions, and no caching of signed-in pages."""
+log's context, the idle timeout of signed-in sessions, no caching of signed-in pages, and the user's time zone."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import re
 import threading
 import time
 import uuid
+import zoneinfo
+from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
 from django.contrib import auth, messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django_htmx.http import HttpResponseClientRedirect
 from ipware.ip import get_client_ip
 
-from . import audit
+from . import audit, preferences
 
 # Only what a request id is made of is kept of the client's, never more than 64 characters.
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
@@ -168,3 +171,21 @@ class NoStoreForSignedInMiddleware:
         if signed_in or getattr(request, SESSION_END_REASON, None):
             add_never_cache_headers(response)
         return response
+
+
+class TimeZoneMiddleware:
+    """Shows and reads times in the signed-in user's zone (preferences.py), the site's otherwise."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        name = preferences.time_zone_of(request.user)
+        if name == settings.TIME_ZONE:
+            timezone.deactivate()
+        else:
+            timezone.activate(zoneinfo.ZoneInfo(name))
+        try:
+            return self.get_response(request)
+        finally:
+            timezone.deactivate()

@@ -337,6 +337,8 @@ class PublicationState(models.TextChoices):
     NEEDS_ATTENTION = "needs_attention", "Needs attention"
     DUPLICATE_DETECTED = "duplicate_detected", "Duplicate detected"
     ABANDONED = "abandoned", "Abandoned"
+    # IsDown refused it for good (a 4xx); its draft went back to editing and a new revision replaces it.
+    SUPERSEDED = "superseded", "Superseded"
 
 
 # A publication in one of these states holds the ones approved after it for the same IsDown incident: it is
@@ -355,6 +357,7 @@ FINAL_PUBLICATION_STATES = (
     PublicationState.NEEDS_ATTENTION,
     PublicationState.DUPLICATE_DETECTED,
     PublicationState.ABANDONED,
+    PublicationState.SUPERSEDED,
 )
 # A human must decide; everyone concerned is emailed when a publication gets here.
 HUMAN_PUBLICATION_STATES = (
@@ -520,6 +523,17 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_state_display()}: {self.subject}"
+
+
+class UserPreference(models.Model):
+    """A user's display settings. Only preferences.py writes it."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preference")
+    # An IANA zone name ("Europe/Lisbon"); "" means the site's (settings.TIME_ZONE).
+    time_zone = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"Preferences of user #{self.user_id}"
 
 
 class SystemMark(models.Model):

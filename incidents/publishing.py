@@ -11,7 +11,10 @@ lease, next attempt and last error, and records the audit event of every move)::
       │                 reconciling ──found (one exact match)──▶ published
       │                             ──absent at every look of the window──▶ retry_wait (a resend)
       │                             ──ambiguous, or checks failing past their patience──▶ needs_attention
-    failed ──retry──▶ queued        needs_attention ──check again──▶ reconciling, ──send again──▶ queued
+    failed (IsDown refused it: a 4xx) ──edit and resubmit──▶ superseded (its draft is edited,
+        resubmitted and reviewed again as a new revision)
+    failed (attempts used up, hash refused) ──retry──▶ queued
+    needs_attention ──check again──▶ reconciling, ──send again──▶ queued
     failed, needs_attention ──mark published (verified by GET)──▶ published, ──abandon (reason)──▶ abandoned
     duplicate_detected ──delete the extra incident on IsDown / acknowledge──▶ published
     queued, retry_wait, failed, needs_attention, abandoned ──an earlier send's effect turns up (a late 2xx, or
@@ -112,6 +115,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (S.FAILED, S.ABANDONED): "publication.abandoned",
     (S.NEEDS_ATTENTION, S.ABANDONED): "publication.abandoned",
     (S.DUPLICATE_DETECTED, S.PUBLISHED): "publication.duplicate_resolved",
+    (S.FAILED, S.SUPERSEDED): "publication.superseded",
 }
 # States whose schedule (lease, next attempt, token) may change without a move: a claim for a check or a
 # watch, the fence renewing a lease, the next look being scheduled. The attempt rows record these.
@@ -1034,12 +1038,26 @@ def _lock_for_human(publication_id: int, *, allowed: tuple[str, ...], expected_s
     return publication
 
 
+def refused_for_good(publication: Publication) -> bool:
+    """A failed publication that sending again cannot fix: IsDown refused its last send (a 4xx other than 429).
+    One that ran out of attempts may still go through later; one refused before sending (a hash mismatch) is a
+    matter for an approver, not an edit."""
+    if publication.state != S.FAILED:
+        return False
+    last_send = publication.attempt_rows.filter(kind=AttemptKind.SEND).order_by("-number").first()
+    return last_send is not None and last_send.outcome == O.REJECTED
+
+
 def retry_now(*, publication_id: int, user: User, expected_state: str | None = None) -> Publication:
     """Approver: a failed publication is queued again with a fresh attempt budget; one that needs attention
     is checked again over a fresh window, which by itself sends nothing."""
     with transaction.atomic():
         publication = _lock_for_human(publication_id, allowed=RETRYABLE_BY_HUMAN, expected_state=expected_state)
         access.require_role(user, publication.team, access.REVIEWING_ROLES, action="retry a publication")
+        if refused_for_good(publication):
+            raise InvalidTransition(
+                "IsDown refused this request; sending it again would fail again. Edit and resubmit it."
+            )
         now = timezone.now()
         if publication.state == S.FAILED:
             _move(
@@ -1060,6 +1078,27 @@ def retry_now(*, publication_id: int, user: User, expected_state: str | None = N
                 checks_failing_since=None,
             )
         enqueue.publication_on_commit(publication.pk)
+    return publication
+
+
+def edit_and_resubmit(*, publication_id: int, user: User, expected_state: str | None = None) -> Publication:
+    """Responder or approver: a publication IsDown refused for good is superseded and its draft goes back to
+    editing (workflow.reopen_after_refusal), to be resubmitted and reviewed as a new revision. Superseding
+    releases the publications held behind it for the same incident."""
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=(S.FAILED,), expected_state=expected_state)
+        access.require_role(user, publication.team, access.DRAFTING_ROLES, action="edit and resubmit a draft")
+        if not refused_for_good(publication):
+            raise InvalidTransition("This publication may still go through: retry it rather than resubmitting it.")
+        # The draft leaves the publishing states first, so superseding this row does not move it again.
+        workflow.reopen_after_refusal(draft_id=publication.draft_id, user=user)
+        _move(
+            publication,
+            S.SUPERSEDED,
+            summary=f"{publication}: superseded, its draft reopened for editing by {user.get_username()}",
+            actor=user,
+            last_error=publication.last_error,  # IsDown's reason stays on the superseded row
+        )
     return publication
 
 

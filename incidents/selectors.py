@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Max, Q, QuerySet
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 
 from . import access, notifications, publishing
 from .forms import NO_TEAM, PublicationActionForm
@@ -57,6 +58,13 @@ def filtered_events(user, filters: Mapping[str, Any]) -> QuerySet[AuditEvent]:
     if action := filters.get("action"):
         prefix = action.rstrip("*")
         events = events.filter(action__startswith=prefix) if prefix.endswith(".") else events.filter(action=action)
+    if incident_id := filters.get("incident"):
+        drafts, publications = incident_related_ids(user, incident_id)
+        events = events.filter(
+            Q(target_type="incident", target_id=str(incident_id))
+            | Q(target_type="draft", target_id__in=[str(pk) for pk in drafts])
+            | Q(target_type="publication", target_id__in=[str(pk) for pk in publications])
+        )
     if target_type := (filters.get("target_type") or "").strip():
         events = events.filter(target_type=target_type.lower())
     if target_id := (filters.get("target_id") or "").strip():
@@ -98,6 +106,19 @@ def keyset_page(
     )
 
 
+def incident_related_ids(user, incident_id: int) -> tuple[list[int], list[int]]:
+    """The ids of the drafts and publications (that ``user`` may see) of one incident: its page's timeline and
+    history, and the audit log's incident filter, show the same ones."""
+    drafts = (
+        access.drafts(user)
+        .filter(Q(incident_id=incident_id) | Q(publications__incident_id=incident_id))
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    publications = access.publications(user).filter(incident_id=incident_id).values_list("pk", flat=True)
+    return list(drafts), list(publications)
+
+
 def history_for(
     user,
     *,
@@ -105,9 +126,11 @@ def history_for(
     target_ids: Iterable[str | int],
     limit: int = AUDIT_PAGE_SIZE,
     also: Mapping[str, Iterable[str | int]] | None = None,
+    more_filters: Mapping[str, str | int] | None = None,
 ) -> History:
     """The scoped events about one object (``target_type`` + ``target_ids``) and, via ``also``, about
     related ones (e.g. an incident page passes ``also={"draft": draft_ids}``). Newest first, at most ``limit``.
+    ``more_filters`` are the audit log's filters of the "all of it" link (default: this one target).
 
     Only auditors and approvers of the team (and staff) see history, as with the audit log itself.
     """
@@ -127,9 +150,33 @@ def history_for(
     events.sort(key=lambda event: event.seq, reverse=True)
     more_url = ""
     ids = wanted.get(target_type, [])
-    if len(ids) == 1:
+    if more_filters:
+        more_url = reverse("incidents:audit_log") + "?" + urlencode(more_filters)
+    elif len(ids) == 1:
         more_url = reverse("incidents:audit_log") + "?" + urlencode({"target_type": target_type, "target_id": ids[0]})
     return History(visible=True, events=events[:limit], truncated=len(events) > limit, more_url=more_url)
+
+
+def incident_history(user, incident: Incident) -> History:
+    """The incident page's history: the incident's events and its drafts' and publications'."""
+    drafts, publications = incident_related_ids(user, incident.pk)
+    return history_for(
+        user,
+        target_type="incident",
+        target_ids=[incident.pk],
+        also={"draft": drafts, "publication": publications},
+        more_filters={"incident": incident.pk},
+    )
+
+
+def draft_history(user, draft: Draft) -> History:
+    """The draft page's history: the draft's events and its publications'."""
+    return history_for(
+        user,
+        target_type="draft",
+        target_ids=[draft.pk],
+        also={"publication": list(draft.publications.values_list("pk", flat=True))},
+    )
 
 
 def audit_scope_teams(user, team_filter: str) -> list[Team | None]:
@@ -182,17 +229,47 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
     act on it (and if not, who can). ``return_to`` is where its action forms send the user back."""
     is_approver = access.has_role(user, publication.team_id, access.REVIEWING_ROLES)
     waiting_for = publishing.ahead_of(publication) if publication.state in publishing.CLAIMABLE_FOR_SEND else None
+    refused_for_good = publishing.refused_for_good(publication)
+    # Someone who cannot act on it (or on the one it waits for) is told who can, by name.
+    held = publication.needs_human or (waiting_for is not None and waiting_for.needs_human)
     return {
         "publication": publication,
         "attempts": publication.attempt_rows.order_by("number"),
         "can_act": publication.needs_human and is_approver,
+        "refused_for_good": refused_for_good,
+        "can_resubmit": refused_for_good and access.has_role(user, publication.team_id, access.DRAFTING_ROLES),
         "can_delete_duplicates": publication.state == PublicationState.DUPLICATE_DETECTED
         and publication.request.method == "POST",
         "approvers": list(notifications.team_approvers(publication.team).order_by("username"))
-        if publication.needs_human and not is_approver
+        if held and not is_approver
         else [],
         "waiting_for": waiting_for,
         "return_to": return_to,
         "action_form": PublicationActionForm(),
         **extra,
     }
+
+
+# --- Where the public reads it ------------------------------------------------------------------------------
+# The addresses IsDown may give an incident (mirror.py keeps its attributes), the incident's own page first.
+PUBLIC_URL_ATTRIBUTES = ("url", "isdown_url", "service_status_url")
+
+
+def public_page_url(incident: Incident | None) -> str:
+    """Where the public reads this incident: the address IsDown gave it, or (publishing to the sandbox) the
+    sandbox's status page of its service; "" when unknown. Only http(s) addresses: IsDown's text is not ours."""
+    if incident is None:
+        return ""
+    payload: dict[str, Any] = incident.remote_payload if isinstance(incident.remote_payload, dict) else {}
+    nested = payload.get("attributes")
+    attributes: dict[str, Any] = nested if isinstance(nested, dict) else payload
+    candidates = [attributes.get(name) for name in PUBLIC_URL_ATTRIBUTES] + [incident.remote_url]
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.startswith(("https://", "http://")):
+            return candidate
+    if settings.SANDBOX_ENABLED and settings.PUBLISHES_TO_SANDBOX:
+        try:
+            return reverse("sandbox:status", args=[incident.service.isdown_service_id])
+        except NoReverseMatch:
+            return ""
+    return ""

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .views import audit, dashboard, drafts, incidents, publications, reviews, services
+from .views import account, audit, dashboard, drafts, incidents, publications, reviews, services
 
 app_name = "incidents"
 
@@ -13,12 +13,18 @@ urlpatterns = [
     path("drafts/new/", drafts.draft_new, name="draft_new"),
     path("drafts/<int:pk>/", drafts.draft_detail, name="draft_detail"),
     path("drafts/<int:pk>/review/", reviews.draft_review, name="draft_review"),
+    path("account/", account.account, name="account"),
     path("audit/", audit.audit_log, name="audit_log"),
     path("audit/export.csv", audit.audit_export_csv, name="audit_export_csv"),
     path("audit/export.jsonl", audit.audit_export_jsonl, name="audit_export_jsonl"),
     path("audit/verify/", audit.audit_verify, name="audit_verify"),
     path("publications/<int:pk>/", publications.publication_status, name="publication_status"),
     path("publications/<int:pk>/retry/", publications.publication_retry, name="publication_retry"),
+    path(
+        "publications/<int:pk>/edit-and-resubmit/",
+        publications.publication_edit_and_resubmit,
+        name="publication_edit_and_resubmit",
+    ),
     path("publications/<int:pk>/send-again/", publications.publication_send_again, name="publication_send_again"),
     path(
         "publications/<int:pk>/mark-published/",

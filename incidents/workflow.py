@@ -8,6 +8,7 @@ error and changes nothing.
       ▲                 │   ├──request changes──▶ changes_requested ──edit, submit──▶ in_review   | abandoned
       └───withdraw──────┘   └──reject──▶ rejected
     draft / changes_requested ──discard──▶ discarded
+    failed (IsDown refused it for good) ──reopen──▶ draft   (publishing.edit_and_resubmit supersedes the refused one)
 
 Submit freezes the draft into a Revision holding one exact request per target (``draft_requests``) and one
 SHA-256 over them; approve binds the review to the hash the reviewer saw and writes one Publication per
@@ -422,6 +423,26 @@ def reject(*, draft_id: int, revision_id: int, reviewer, comment: str) -> Decisi
     )
 
 
+def reopen_after_refusal(*, draft_id: int, user) -> Draft:
+    """A draft whose publication IsDown refused for good (a 4xx) goes back to editing, to be fixed and submitted
+    as a new revision. Called by ``publishing.edit_and_resubmit`` inside its transaction, before it supersedes the
+    refused publication (so the draft no longer follows it)."""
+    with transaction.atomic():
+        draft = _locked(draft_id)
+        access.require_role(user, draft.team, access.DRAFTING_ROLES, action="edit and resubmit a draft")
+        _require_state(draft, (DraftState.FAILED,), "edit and resubmit")
+        draft.state = DraftState.DRAFT
+        draft.save(update_fields=["state", "updated_at"])
+        _audit(
+            "draft.reopened",
+            draft,
+            user,
+            f"{user.get_username()} reopened draft #{draft.pk} for editing after IsDown refused it",
+            _state_change(DraftState.FAILED, DraftState.DRAFT),
+        )
+    return draft
+
+
 # --- Following the outbox --------------------------------------------------------------------------------
 P = PublicationState
 
@@ -445,7 +466,9 @@ def follow_publications(*, draft_id: int) -> str | None:
     draft = Draft.objects.select_for_update(no_key=True).filter(pk=draft_id, state__in=PUBLISHING_DRAFT_STATES).first()
     if draft is None:
         return None
-    state = publishing_state(set(draft.publications.values_list("state", flat=True)))
+    # A superseded publication belongs to an earlier revision: the draft follows the current one's.
+    states = draft.publications.exclude(state=PublicationState.SUPERSEDED).values_list("state", flat=True)
+    state = publishing_state(set(states))
     if state == draft.state:
         return None
     Draft.objects.filter(pk=draft_id).update(state=state, updated_at=timezone.now())

@@ -163,6 +163,7 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "favicon": public(REDIRECT, 405),  # on to the static file, for anyone
     # The app.
     "incidents:dashboard": same((200, 405)),
+    "incidents:account": same((200, REDIRECT)),  # an empty POST chooses the site's zone
     "incidents:incident_list": same((200, 405)),
     "incidents:service_detail": team_object(responder=(200, 405), approver=(200, 405), auditor=(200, 405)),
     "incidents:incident_detail": team_object(responder=(200, 405), approver=(200, 405), auditor=(200, 405)),
@@ -179,6 +180,10 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "incidents:audit_verify": same((405, REDIRECT), outsider=(405, 403), responder=(405, 403)),
     "incidents:publication_status": team_object(responder=(200, 405), approver=(200, 405), auditor=(200, 405)),
     "incidents:publication_retry": PUBLICATION_ACTION,
+    # Whoever drafts may edit and resubmit what IsDown refused (a queued one is refused: back to its page).
+    "incidents:publication_edit_and_resubmit": team_object(
+        responder=(405, REDIRECT), approver=(405, REDIRECT), auditor=(405, 403)
+    ),
     "incidents:publication_send_again": PUBLICATION_ACTION,
     "incidents:publication_mark_published": PUBLICATION_ACTION,
     "incidents:publication_abandon": PUBLICATION_ACTION,

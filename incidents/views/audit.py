@@ -22,7 +22,7 @@ from ..forms import AuditFilterForm
 from ..http import HtmxHttpRequest
 
 EXPORT_CHUNK_ROWS = 2000
-FILTER_NAMES = ("team", "actor", "action", "target_type", "target_id", "target", "since", "until")
+FILTER_NAMES = ("team", "actor", "action", "incident", "target_type", "target_id", "target", "since", "until")
 TEMPLATE = "incidents/audit_log.html"
 
 

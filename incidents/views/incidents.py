@@ -53,12 +53,7 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             selectors.publication_block(request.user, publication, return_to=return_path(request))
             for publication in publications
         ],
-        "history": selectors.history_for(
-            request.user,
-            target_type="incident",
-            target_ids=[incident.pk],
-            also={"draft": [d.pk for d in drafts], "publication": [p.pk for p in publications]},
-        ),
+        "history": selectors.incident_history(request.user, incident),
         "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
         "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
     }

@@ -12,8 +12,10 @@ from typing import Any
 from django.contrib import messages
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
-from django.urls import reverse
+from django.template.loader import render_to_string
+from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from .. import access, publishing, selectors
 from ..forms import next_path, return_path
@@ -32,12 +34,39 @@ def _scoped(request: HtmxHttpRequest, pk: int) -> Publication:
     return access.get_scoped_or_404(access.publications(request.user), pk=pk)
 
 
+def _page_updates(request: HtmxHttpRequest, publication: Publication) -> str:
+    """Out-of-band swaps for the page the poll runs on: the draft's state badge or the incident's header, and
+    the history, so they follow the publication as it settles. Nothing for any other page."""
+    try:
+        match = resolve((request.htmx.current_url_abs_path or "").split("?")[0])
+    except Resolver404:
+        return ""
+    page_pk = match.kwargs.get("pk")
+    if match.view_name == "incidents:draft_detail" and page_pk == publication.draft_id:
+        draft = access.drafts(request.user).get(pk=publication.draft_id)
+        history = selectors.draft_history(request.user, draft)
+        parts = [render_to_string(f"{PAGE}#draft-state", {"draft": draft}, request)]
+    elif match.view_name == "incidents:incident_detail" and page_pk == publication.incident_id:
+        incident = access.get_scoped_or_404(access.incidents(request.user), pk=page_pk)
+        history = selectors.incident_history(request.user, incident)
+        context = {"incident": incident, "oob": True}
+        parts = [render_to_string("incidents/incident_detail.html#incident-state", context, request)]
+    else:
+        return ""
+    parts.append(render_to_string("incidents/_history.html", {"history": history, "oob": True}, request))
+    return "".join(parts)
+
+
 @require_GET
 def publication_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """The fragment for htmx polling (it stops polling itself at a final state), a small page otherwise."""
+    """The fragment for htmx polling (it stops polling itself at a final state), with the page's state badge and
+    history swapped out of band; a small page otherwise."""
     publication = _scoped(request, pk)
-    template = FRAGMENT if request.htmx else PAGE
-    return render(request, template, publication_context(request, publication))
+    if not request.htmx:
+        return render(request, PAGE, publication_context(request, publication))
+    response = render(request, FRAGMENT, publication_context(request, publication))
+    response.write(_page_updates(request, publication))
+    return response
 
 
 def _act(request: HtmxHttpRequest, pk: int, *, action: str, run: Callable[..., None]) -> HttpResponse:
@@ -68,6 +97,30 @@ def publication_retry(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         publishing.retry_now(publication_id=publication.pk, user=request.user, expected_state=expected_state)
 
     return _act(request, pk, action="retry a publication", run=run)
+
+
+@require_POST
+def publication_edit_and_resubmit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """IsDown refused it for good: supersede it and open its draft for editing (responders and approvers)."""
+    publication = _scoped(request, pk)
+    access.require_role(request.user, publication.team, access.DRAFTING_ROLES, action="edit and resubmit a draft")
+    try:
+        publishing.edit_and_resubmit(
+            publication_id=publication.pk, user=request.user, expected_state=request.POST.get("state") or None
+        )
+    except publishing.InvalidTransition as exc:
+        publication.refresh_from_db()
+        if request.htmx:
+            context = publication_context(request, publication, action_error=str(exc))
+            return render(request, FRAGMENT, context, status=409)
+        messages.error(request, str(exc))
+        return HttpResponseRedirect(next_path(request) or reverse("incidents:publication_status", args=[pk]))
+    messages.success(
+        request,
+        f"Draft #{publication.draft_id} is open for editing: fix what IsDown refused, then submit it for review.",
+    )
+    url = reverse("incidents:draft_detail", args=[publication.draft_id])
+    return HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url)
 
 
 @require_POST

@@ -12,11 +12,20 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import access, workflow
+from .. import access, selectors, workflow
 from ..diffs import diff_fields
 from ..forms import DRAFT_FIELD_LABELS, ReviewForm
 from ..http import HtmxHttpRequest
-from ..models import DRAFT_FIELDS, REVIEWABLE_DRAFT_STATES, Draft, DraftKind, ReviewDecision
+from ..models import (
+    DRAFT_FIELDS,
+    REVIEWABLE_DRAFT_STATES,
+    Draft,
+    DraftKind,
+    PublicationState,
+    ReviewDecision,
+    Severity,
+    Stage,
+)
 
 
 def _incident_state(draft: Draft) -> dict[str, str]:
@@ -29,10 +38,27 @@ def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
     revisions = list(draft.revisions.select_related("review", "review__reviewer", "submitted_by").order_by("number"))
     revision = revisions[-1] if revisions else None
     previous = revisions[-2] if len(revisions) > 1 else None
+    fields = revision.fields if revision else {}
+    published = (
+        revision.publications.filter(state=PublicationState.PUBLISHED).select_related("incident", "incident__service")
+        if revision
+        else []
+    )
     context = {
         "draft": draft,
         "revision": revision,
         "previous": previous,
+        # The entry as the status page will read it; labels for known values, the raw value otherwise.
+        "entry": {
+            "title": fields.get("title", ""),
+            "severity": dict(Severity.choices).get(fields.get("severity", ""), fields.get("severity", "")),
+            "stage": dict(Stage.choices).get(fields.get("stage", ""), fields.get("stage", "")),
+            "description": fields.get("description", ""),
+        },
+        "published": [
+            {"publication": p, "incident": p.incident, "public_url": selectors.public_page_url(p.incident)}
+            for p in published
+        ],
         # Re-indented for reading; what is approved is the exact bytes, whose hash is shown beside them.
         "requests": [
             {"request": sent, "json": json.dumps(json.loads(sent.body or "{}"), indent=2, ensure_ascii=False)}
@@ -82,13 +108,19 @@ def draft_review(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         messages.error(request, str(exc))
         url = reverse("incidents:draft_review", kwargs={"pk": draft.pk})
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    label = f"draft #{draft.pk} ({draft.title or draft.get_kind_display()})"
     messages.success(
         request,
         {
             ReviewDecision.APPROVE: "Approved. The publication is queued and will be sent to IsDown shortly.",
-            ReviewDecision.REQUEST_CHANGES: "Changes requested. The author has been told.",
-            ReviewDecision.REJECT: "Rejected. The author has been told.",
+            ReviewDecision.REQUEST_CHANGES: f"Changes requested on {label}. The author has been told.",
+            ReviewDecision.REJECT: f"Rejected {label}. The author has been told.",
         }[decision],
     )
-    url = reverse("incidents:draft_detail", kwargs={"pk": draft.pk})
+    if decision == ReviewDecision.APPROVE:
+        # The approver follows what they approved out to IsDown.
+        url = reverse("incidents:draft_detail", kwargs={"pk": draft.pk})
+    else:
+        # The draft is the author's again: back to the review queue for the next one.
+        url = reverse("incidents:dashboard") + "#panel-reviews"
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)

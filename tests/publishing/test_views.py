@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from incidents.models import AuditEvent, PublicationState
 
-from .factories import approved_publication
+from .factories import approved_publication, update_publication
 
 S = PublicationState
 
@@ -99,3 +99,47 @@ def test_mark_published_rejects_a_malformed_id_with_422(publication, approver, a
     url = reverse("incidents:publication_mark_published", args=[publication.pk])
     response = as_user(approver).post(url, {"remote_id": "abc"}, headers={"HX-Request": "true"})
     assert response.status_code == 422 and "is a number" in response.content.decode()
+
+
+def _poll(client, publication, page_url):
+    return client.get(
+        reverse("incidents:publication_status", args=[publication.pk]),
+        headers={"HX-Request": "true", "HX-Current-URL": f"http://testserver{page_url}"},
+    ).content.decode()
+
+
+def test_the_poll_refreshes_the_draft_badge_and_history_when_the_publication_settles(publication, approver, as_user):
+    from incidents import audit
+    from incidents.models import Draft, DraftState
+
+    page = reverse("incidents:draft_detail", args=[publication.draft_id])
+    client = as_user(approver)
+    assert 'id="draft-state" hx-swap-oob="true">Approved<' in _poll(client, publication, page)
+
+    Draft.objects.filter(pk=publication.draft_id).update(state=DraftState.PUBLISHED)
+    _set_state(publication, S.PUBLISHED)
+    audit.record(
+        "publication.published", summary="Published on IsDown as #77", team=publication.team, target=publication
+    )
+    html = _poll(client, publication, page)
+    assert "hx-trigger" not in html  # the last poll
+    assert 'id="draft-state" hx-swap-oob="true">Published<' in html
+    history = html[html.index('id="history"') :]
+    assert 'hx-swap-oob="true"' in history[:200] and "Published on IsDown as #77" in history
+
+
+def test_the_poll_refreshes_the_incident_header_and_history(api_service, responder, approver, as_user):
+    from incidents.models import Incident
+
+    incident = Incident.objects.create(service=api_service, remote_id="880", title="Slow", stage="investigating")
+    publication = update_publication(incident=incident, author=responder)
+    Incident.objects.filter(pk=incident.pk).update(stage="identified")
+    html = _poll(as_user(approver), publication, reverse("incidents:incident_detail", args=[incident.pk]))
+    header = html[html.index('id="incident-state"') :]
+    assert header.startswith('id="incident-state" hx-swap-oob="true">') and "Identified" in header[:400]
+    assert 'id="history" aria-label="History" hx-swap-oob="true"' in html
+
+
+def test_the_poll_adds_nothing_for_another_page(publication, approver, as_user):
+    html = _poll(as_user(approver), publication, reverse("incidents:dashboard"))
+    assert "hx-swap-oob" not in html
