@@ -141,14 +141,7 @@ def _context(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident: 
         ]
         if draft
         else [],
-        "history": selectors.history_for(
-            request.user,
-            target_type="draft",
-            target_ids=[draft.pk],
-            also={"publication": list(draft.publications.values_list("pk", flat=True))},
-        )
-        if draft
-        else None,
+        "history": selectors.draft_history(request.user, draft) if draft else None,
     }
 
 
