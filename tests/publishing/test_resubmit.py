@@ -81,7 +81,7 @@ def test_retrying_a_refused_publication_is_refused(refused, approver):
 
 
 def test_edit_and_resubmit_supersedes_it_reopens_the_draft_and_releases_the_queue(
-    refused, incident, responder, approver2, as_user, enqueued, django_capture_on_commit_callbacks
+    refused, incident, responder, approver2, as_user, no_broker, django_capture_on_commit_callbacks
 ):
     behind = update_publication(incident=incident, author=responder, description="Still investigating.")
     with django_capture_on_commit_callbacks(execute=True):
@@ -97,7 +97,7 @@ def test_edit_and_resubmit_supersedes_it_reopens_the_draft_and_releases_the_queu
     assert draft.state == DraftState.DRAFT
     actions = list(AuditEvent.objects.order_by("seq").values_list("action", flat=True))
     assert actions[-2:] == ["draft.reopened", "publication.superseded"]
-    assert any(pk == behind.pk for _, pk in enqueued)  # the one held behind it goes on
+    assert any(pk == behind.pk for _, pk in no_broker.sent)  # the one held behind it goes on
 
     # The fixed draft goes back to review as a new revision, and follows its own publication once approved.
     revision = workflow.submit(draft_id=draft.pk, user=responder)
