@@ -12,8 +12,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Upper
 
 from . import audit_actions
 
@@ -113,6 +115,8 @@ class Incident(models.Model):
 
     class Meta:
         ordering = ["-last_activity_at", "-id"]
+        # The incident list's title search (title__icontains): a trigram index rather than a scan.
+        indexes = [GinIndex(OpClass(Upper("title"), name="gin_trgm_ops"), name="incident_title_trgm")]
 
     def __str__(self) -> str:
         return f"{self.title} (#{self.remote_id})" if self.remote_id else self.title
@@ -578,6 +582,8 @@ class AuditEvent(models.Model):
             models.Index(fields=["actor_id", "-seq"], name="audit_actor_seq"),
             models.Index(fields=["target_type", "target_id", "-seq"], name="audit_target_seq"),
             models.Index(fields=["created_at"], name="audit_created_at"),
+            # The "label contains" filter (target_label__icontains is UPPER(...) LIKE '%x%'): a scan without it.
+            GinIndex(OpClass(Upper("target_label"), name="gin_trgm_ops"), name="audit_target_label_trgm"),
         ]
 
     def __str__(self) -> str:
