@@ -8,7 +8,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ from django.templatetags.static import static
 from incidents.models import Membership, Role, Team
 
 from .conftest import ADMIN_URL
+from .waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,17 +46,6 @@ def settings_in_subprocess(expression: str, **env: str) -> subprocess.CompletedP
         text=True,
         timeout=60,
     )
-
-
-def wait_until(condition, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- Database connections under the development server -----------------------------------------------------
@@ -84,7 +73,7 @@ def test_the_development_server_does_not_keep_a_database_connection_per_idle_bro
             except httpx.TransportError:
                 return False
 
-        wait_until(healthz_answers, timeout=30, what="runserver to answer")
+        wait_for(healthz_answers, timeout=30, what="runserver to answer")
         for client in clients:  # eight browser connections, each left open and idle after one page
             assert client.get("/healthz").status_code in (200, 503)
 
@@ -94,7 +83,7 @@ def test_the_development_server_does_not_keep_a_database_connection_per_idle_bro
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [tag]
                 ).fetchone()[0]
 
-        wait_until(lambda: held() <= 1, timeout=5, what="idle runserver threads to give their connections back")
+        wait_for(lambda: held() <= 1, timeout=5, what="idle runserver threads to give their connections back")
     finally:
         for client in clients:
             client.close()
