@@ -48,6 +48,7 @@ KINDS: dict[str, str] = {
     "team": "Teams",
     "membership": "Memberships",
     "service": "Services",
+    "template": "Draft templates",
     "audit": "The audit log",
     "sandbox": "The sandbox",
 }
@@ -107,6 +108,11 @@ register("draft.reopened", "Draft reopened after IsDown refused it")
 register("review.approved", "Revision approved")
 register("review.changes_requested", "Changes requested")
 register("review.rejected", "Revision rejected")
+# public_text.py, draft_templates.py
+register("review.warning_accepted", "Public-text warning accepted")
+register("template.created", "Draft template created")
+register("template.changed", "Draft template changed")
+register("template.deleted", "Draft template deleted")
 
 # publishing.py: its TRANSITIONS table, then the moves that name a more precise action.
 register("publication.sending", "Sending to IsDown")

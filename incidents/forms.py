@@ -21,6 +21,7 @@ from .models import (
     COMMENT_MAX_LENGTH,
     DESCRIPTION_MAX_LENGTH,
     DRAFT_FIELDS,
+    TEMPLATE_NAME_MAX_LENGTH,
     TITLE_MAX_LENGTH,
     DraftKind,
     Incident,
@@ -29,6 +30,7 @@ from .models import (
     Severity,
     Stage,
     Team,
+    TemplateKind,
 )
 
 # Ids and versions are PostgreSQL bigints at most: a larger number names nothing.
@@ -106,10 +108,17 @@ class DraftForm(forms.Form):
     )
     stage = forms.ChoiceField(label="Stage", choices=Stage.choices, initial=Stage.INVESTIGATING)
 
-    def __init__(self, *args: Any, user, kind: str, incident: Incident | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, user, kind: str, incident: Incident | None = None, correcting: bool = False, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.kind = kind
         self.incident = incident
+        if correcting and kind == DraftKind.UPDATE:
+            # A new update started from "Correct the last update": which update it corrects (workflow checks it).
+            self.fields["corrects_position"] = forms.IntegerField(
+                widget=forms.HiddenInput, required=False, min_value=1, max_value=ID_MAX
+            )
         self.fields["description"].help_text = description_hint()
         if kind == DraftKind.OPEN:
             services = access.services(user, access.DRAFTING_ROLES)
@@ -165,6 +174,9 @@ class DraftForm(forms.Form):
         data = self.cleaned_data
         return {name: data.get(name) or "" for name in DRAFT_FIELDS}
 
+    def corrects_position(self) -> int | None:
+        return self.cleaned_data.get("corrects_position") or None
+
 
 # How the diffs on the review and conflict views name the draft's fields: as the form does.
 DRAFT_FIELD_LABELS = {name: DraftForm.base_fields[name].label for name in DRAFT_FIELDS}
@@ -189,6 +201,16 @@ class ReviewForm(forms.Form):
         return data
 
 
+class AcceptWarningForm(forms.Form):
+    """Which warning an approver accepts on the review page: the revision, the rule, the field and the span."""
+
+    revision_id = forms.IntegerField(min_value=1, max_value=ID_MAX)
+    rule = forms.CharField(max_length=40)
+    field = forms.CharField(max_length=20)
+    start = forms.IntegerField(min_value=0, max_value=DESCRIPTION_MAX_LENGTH)
+    end = forms.IntegerField(min_value=0, max_value=DESCRIPTION_MAX_LENGTH)
+
+
 class IncidentFilterForm(forms.Form):
     q = forms.CharField(label="Search titles", required=False, max_length=200)
     service = forms.ModelChoiceField(queryset=Service.objects.none(), required=False, empty_label="All services")
@@ -201,6 +223,48 @@ class IncidentFilterForm(forms.Form):
     def __init__(self, *args: Any, user, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields["service"].queryset = access.services(user)
+
+
+class DraftTemplateForm(forms.Form):
+    """A team's draft template (draft_templates.py saves it). Placeholders are checked by the public-text lint
+    where the filled text is used, never here: a template may hold any text."""
+
+    name = forms.CharField(label="Name", max_length=TEMPLATE_NAME_MAX_LENGTH, strip=True)
+    kind = forms.ChoiceField(label="For", choices=TemplateKind.choices)
+    title = UncutCharField(label="Title", max_length=TITLE_MAX_LENGTH, required=False, strip=True)
+    severity = forms.ChoiceField(
+        label="Severity", choices=[("", "Keep the form's"), *Severity.choices], required=False
+    )
+    stage = forms.ChoiceField(label="Stage", choices=[("", "Keep the form's"), *Stage.choices], required=False)
+    description = UncutCharField(
+        label="Description", max_length=DESCRIPTION_MAX_LENGTH, required=False, widget=forms.Textarea, strip=True
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["description"].widget.attrs["rows"] = 8
+        for name, field in self.fields.items():
+            field.widget.attrs.setdefault("id", f"id_{name}")
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if not _is_one_line(name):
+            raise forms.ValidationError("A name is one line.", code="multiline")
+        return name
+
+    def clean_title(self) -> str:
+        title = self.cleaned_data["title"]
+        if not _is_one_line(title):
+            raise forms.ValidationError(ONE_LINE_MESSAGE, code="multiline")
+        return title
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("kind") == TemplateKind.RESOLVE:
+            if data.get("stage") not in ("", Stage.RESOLVED):
+                self.add_error("stage", "A resolve template resolves: leave the stage as resolved (or the form's).")
+            data["stage"] = Stage.RESOLVED
+        return data
 
 
 # --- The audit log ------------------------------------------------------------------------------------------

@@ -207,6 +207,9 @@ class Draft(models.Model):
     # Everyone who ever saved a version of it (the author first): all co-authors, none of whom may review it.
     editors = ArrayField(models.BigIntegerField(), default=list)
     version = models.PositiveIntegerField(default=1)
+    # A correction of the incident's update at this position (IsDown cannot edit a posted update: a correction
+    # is a new one). Set when the draft is started from "Correct the last update"; shown on the review.
+    corrects_position = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -214,6 +217,9 @@ class Draft(models.Model):
         ordering = ["-updated_at", "-id"]
         constraints = [
             models.CheckConstraint(condition=Q(kind__in=DraftKind.values), name="draft_kind_valid"),
+            models.CheckConstraint(
+                condition=Q(corrects_position__isnull=True) | Q(kind="update"), name="draft_correction_is_update"
+            ),
             models.CheckConstraint(condition=Q(state__in=DraftState.values), name="draft_state_valid"),
             # An update targets an incident; a new incident has none yet.
             models.CheckConstraint(
@@ -612,3 +618,66 @@ def _display(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+# --- Templates and the public-text lint (issue 12, sections 2 and 3) -------------------------------------------
+class TemplateKind(models.TextChoices):
+    OPEN = "open", "New incident"
+    UPDATE = "update", "Update"
+    RESOLVE = "resolve", "Resolve"
+
+
+TEMPLATE_NAME_MAX_LENGTH = 100
+
+
+class DraftTemplate(models.Model):
+    """A team's starting text for a new incident, an update or a resolve. Only draft_templates.py writes it.
+
+    Its text may hold placeholders from a fixed list (``draft_templates.PLACEHOLDERS``), replaced by plain string
+    substitution when a responder picks it: approver-written text never reaches a template engine."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="draft_templates")
+    kind = models.CharField(max_length=10, choices=TemplateKind.choices)
+    name = models.CharField(max_length=TEMPLATE_NAME_MAX_LENGTH)
+    title = models.CharField(max_length=TITLE_MAX_LENGTH, blank=True)
+    # Blank: keep what the form has (an update keeps the incident's severity).
+    severity = models.CharField(max_length=10, choices=Severity.choices, blank=True)
+    stage = models.CharField(max_length=20, choices=Stage.choices, blank=True)
+    description = models.TextField(blank=True, max_length=DESCRIPTION_MAX_LENGTH)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["team__name", "kind", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="draft_template_name_unique_per_team"),
+            models.CheckConstraint(condition=Q(kind__in=TemplateKind.values), name="draft_template_kind_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
+
+
+class AcceptedWarning(models.Model):
+    """An approver's judgement that one lint warning on one revision is fine to publish (public_text.py writes
+    it, audited). The warning is named by rule, field and span; ``text`` keeps what the span covered."""
+
+    revision = models.ForeignKey(Revision, on_delete=models.PROTECT, related_name="accepted_warnings")
+    rule = models.CharField(max_length=40)
+    field = models.CharField(max_length=20)
+    start = models.PositiveIntegerField()
+    end = models.PositiveIntegerField()
+    text = models.TextField(blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    accepted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["revision", "field", "start", "rule"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["revision", "rule", "field", "start", "end"], name="accepted_warning_once_per_span"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule} accepted on revision {self.revision_id}"

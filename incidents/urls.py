@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .views import account, audit, dashboard, drafts, incidents, publications, reviews, services
+from .views import account, audit, dashboard, drafts, incidents, publications, reviews, services, team_templates
 
 app_name = "incidents"
 
@@ -13,6 +13,11 @@ urlpatterns = [
     path("drafts/new/", drafts.draft_new, name="draft_new"),
     path("drafts/<int:pk>/", drafts.draft_detail, name="draft_detail"),
     path("drafts/<int:pk>/review/", reviews.draft_review, name="draft_review"),
+    path("drafts/<int:pk>/review/accept-warning/", reviews.draft_accept_warning, name="draft_accept_warning"),
+    path("teams/<int:team_pk>/templates/", team_templates.template_list, name="template_list"),
+    path("teams/<int:team_pk>/templates/new/", team_templates.template_new, name="template_new"),
+    path("teams/<int:team_pk>/templates/<int:pk>/", team_templates.template_edit, name="template_edit"),
+    path("teams/<int:team_pk>/templates/<int:pk>/delete/", team_templates.template_delete, name="template_delete"),
     path("account/", account.account, name="account"),
     path("audit/", audit.audit_log, name="audit_log"),
     path("audit/export.csv", audit.audit_export_csv, name="audit_export_csv"),

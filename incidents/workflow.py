@@ -139,11 +139,24 @@ def latest_revision(draft: Draft) -> Revision | None:
 
 
 # --- Actions ---------------------------------------------------------------------------------------------
-def create(*, user, service: Service, kind: str, fields: dict[str, str], incident: Incident | None = None) -> Draft:
-    """Start a draft. The caller has validated the fields (forms.DraftForm)."""
+def create(
+    *,
+    user,
+    service: Service,
+    kind: str,
+    fields: dict[str, str],
+    incident: Incident | None = None,
+    corrects_position: int | None = None,
+) -> Draft:
+    """Start a draft. The caller has validated the fields (forms.DraftForm). ``corrects_position`` marks an update
+    as the correction of the incident's update at that position (it must exist)."""
     access.require_role(user, service.team, access.DRAFTING_ROLES, action="write a draft")
     if kind == DraftKind.UPDATE and (incident is None or not incident.remote_id):
         raise InvalidTransition("This incident is not on IsDown yet; wait until it is published to post updates.")
+    if corrects_position is not None and (
+        kind != DraftKind.UPDATE or incident is None or not incident.updates.filter(position=corrects_position).exists()
+    ):
+        raise InvalidTransition("There is no such update of this incident to correct.")
     with transaction.atomic():
         draft = Draft.objects.create(
             team=service.team,
@@ -153,25 +166,37 @@ def create(*, user, service: Service, kind: str, fields: dict[str, str], inciden
             author=user,
             last_editor=user,
             editors=[user.pk],
+            corrects_position=corrects_position,
             **{name: fields.get(name, "") for name in DRAFT_FIELDS},
         )
-        _audit(
-            "draft.created",
-            draft,
-            user,
-            f"{user.get_username()} started {draft.get_kind_display().lower()} draft #{draft.pk}",
-            audit.field_changes({}, draft_fields(draft)),
-        )
+        changes = audit.field_changes({}, draft_fields(draft))
+        if corrects_position is not None:
+            changes["corrects_position"] = [None, corrects_position]
+        what = "correction" if corrects_position is not None else draft.get_kind_display().lower()
+        _audit("draft.created", draft, user, f"{user.get_username()} started {what} draft #{draft.pk}", changes)
     return draft
 
 
 def create_and_submit(
-    *, user, service: Service, kind: str, fields: dict[str, str], incident: Incident | None = None
+    *,
+    user,
+    service: Service,
+    kind: str,
+    fields: dict[str, str],
+    incident: Incident | None = None,
+    corrects_position: int | None = None,
 ) -> Revision:
     """Start a draft and put it in review at once, in one transaction: if the submit is refused, no draft is
     left behind."""
     with transaction.atomic():
-        draft = create(user=user, service=service, kind=kind, fields=fields, incident=incident)
+        draft = create(
+            user=user,
+            service=service,
+            kind=kind,
+            fields=fields,
+            incident=incident,
+            corrects_position=corrects_position,
+        )
         return submit(draft_id=draft.pk, user=user)
 
 

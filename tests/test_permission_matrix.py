@@ -29,7 +29,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from incidents import workflow
-from incidents.models import AuditEvent, DraftKind, Membership
+from incidents.models import AuditEvent, DraftKind, DraftTemplate, Membership
 from tests.factories import IncidentFactory
 from tests.publishing.factories import approved_publication
 
@@ -173,6 +173,13 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "incidents:draft_detail": team_object(responder=(200, 422), approver=(200, 422), auditor=(200, 403)),
     # The team reads the review page (the author sees why they cannot approve); only an approver decides.
     "incidents:draft_review": team_object(responder=(200, 403), approver=(200, 422), auditor=(200, 403)),
+    # Accepting a lint warning: approvers only (an empty POST names no warning: back to the review, with a message).
+    "incidents:draft_accept_warning": team_object(responder=(405, 403), approver=(405, REDIRECT), auditor=(405, 403)),
+    # A team's draft templates: the team reads them; approvers create, edit and delete (an empty POST is a 422).
+    "incidents:template_list": team_object(responder=(200, 405), approver=(200, 405), auditor=(200, 405)),
+    "incidents:template_new": team_object(responder=REFUSED, approver=(200, 422), auditor=REFUSED),
+    "incidents:template_edit": team_object(responder=REFUSED, approver=(200, 422), auditor=REFUSED),
+    "incidents:template_delete": team_object(responder=(405, 403), approver=(405, REDIRECT), auditor=(405, 403)),
     # Auditors and approvers read their team's log; staff the team-less events; responders nothing.
     "incidents:audit_log": same((200, 405), outsider=(403, 405), responder=(403, 405)),
     "incidents:audit_export_csv": same((200, 405), outsider=(403, 405), responder=(403, 405)),
@@ -231,6 +238,7 @@ def world(responder, approver, auditor, outsider, staff, api_service, pipeline_s
     draft = workflow.create(user=responder, service=api_service, kind=DraftKind.OPEN, fields=fields)
     workflow.submit(draft_id=draft.pk, user=responder)
     incident = IncidentFactory(service=api_service, remote_id="4711")
+    template = DraftTemplate.objects.create(team=api_service.team, kind="update", name="Identified", stage="identified")
     publication = approved_publication(service=api_service, author=responder)
     Group.objects.create(name="operators")
     attempt = AccessAttempt.objects.create(
@@ -264,6 +272,7 @@ def world(responder, approver, auditor, outsider, staff, api_service, pipeline_s
         "incident": incident,
         "publication": publication,
         "attempt": attempt,
+        "template": template,
     }
 
 
@@ -288,6 +297,11 @@ def kwargs_for(route: Route, world: dict[str, Any]) -> dict[str, str]:
         "incidents:update_new": {"pk": world["incident"].pk},
         "incidents:draft_detail": {"pk": world["draft"].pk},
         "incidents:draft_review": {"pk": world["draft"].pk},
+        "incidents:draft_accept_warning": {"pk": world["draft"].pk},
+        "incidents:template_list": {"team_pk": world["service"].team_id},
+        "incidents:template_new": {"team_pk": world["service"].team_id},
+        "incidents:template_edit": {"team_pk": world["service"].team_id, "pk": world["template"].pk},
+        "incidents:template_delete": {"team_pk": world["service"].team_id, "pk": world["template"].pk},
         "sandbox:status": {"service_id": world["service"].isdown_service_id},
         "sandbox:api_incident": {"incident_id": "1"},
         "sandbox:api_unknown": {"rest": "v2/unknown"},

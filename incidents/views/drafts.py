@@ -13,15 +13,17 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import access, notifications, selectors, workflow
+from .. import access, draft_templates, notifications, public_text, selectors, workflow
 from ..diffs import diff_fields
-from ..forms import DRAFT_FIELD_LABELS, DraftForm, return_path
+from ..forms import DRAFT_FIELD_LABELS, ID_MAX, DraftForm, return_path
 from ..http import HtmxHttpRequest
-from ..models import DRAFT_FIELDS, Draft, DraftKind, Incident, Stage, Team
+from ..models import DRAFT_FIELDS, Draft, DraftKind, DraftTemplate, Incident, IncidentUpdate, Stage, Team, TemplateKind
 
 TEMPLATE = "incidents/draft.html"
-# What a resolve form starts with (a constant until teams keep their own templates).
+# What a resolve form starts with when the team has no resolve template.
 RESOLVE_TEXT = "This incident has been resolved."
+# A correction's text starts with this (the responder may remove it): the public sees it corrects the last one.
+CORRECTION_PREFIX = "Correction: "
 # The buttons of a draft that is not being edited; each is one workflow action.
 DRAFT_ACTIONS = {"withdraw": workflow.withdraw, "discard": workflow.discard}
 
@@ -41,6 +43,8 @@ def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[s
         "valid": form.is_valid(),
         "stage_label": dict(Stage.choices).get(raw["stage"]),
         "problems": _problems(form),
+        # What should never reach a status page (warnings only: nothing is blocked).
+        "lint": public_text.warnings_by_field(raw),
     }
     if preview["valid"]:
         request = workflow.build_request(
@@ -77,6 +81,8 @@ def _wire_live_validation(form: DraftForm, url: str) -> None:
     """Each field posts the form to ``url`` as the user types or leaves it; the answer is the preview plus
     that field's errors (out of band). Without JavaScript these attributes do nothing."""
     for name, field in form.fields.items():
+        if field.widget.is_hidden:
+            continue
         # Text fields wait for a pause in the typing; a select answers at once. All fields share the form's one
         # request queue (``closest form:replace``): a newer validation aborts an older one from any field, so an
         # older preview never overwrites a newer one. The live region (#preview) stays; only its body is swapped.
@@ -108,7 +114,15 @@ def _approvers(request: HtmxHttpRequest, team: Team, draft: Draft | None) -> lis
     return list(notifications.team_approvers(team).exclude(pk__in=excluded).order_by("username"))
 
 
-def _context(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident: Incident | None, draft: Draft | None):
+def _context(
+    request: HtmxHttpRequest,
+    form: DraftForm,
+    *,
+    kind: str,
+    incident: Incident | None,
+    draft: Draft | None,
+    template: DraftTemplate | None = None,
+):
     post_url = request.get_full_path()  # keeps ?resolve=1: the page stays the resolve page after a failed save
     _wire_live_validation(form, post_url)
     if draft is None and not form.is_bound and form.fields:
@@ -118,6 +132,11 @@ def _context(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident: 
     editable = draft is None or draft.is_editable
     # Storage of the typed text in the browser: per draft and version, or per new draft of an incident.
     storage_key = f"draft:{draft.pk}:v{draft.version}" if draft else f"new:{incident.pk if incident else kind}"
+    correcting = draft is None and "corrects_position" in form.fields
+    if draft is None:
+        # Text picked from a template, or a correction, is not the text typed for a plain new draft.
+        storage_key += (f":template{template.pk}" if template else "") + (":correction" if correcting else "")
+    corrects = draft.corrects_position if draft else (form["corrects_position"].value() if correcting else None)
     return {
         "form": form,
         "summary": _problems(form) if form.is_bound else [],
@@ -128,7 +147,17 @@ def _context(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident: 
         "kind": kind,
         "incident": incident,
         "draft": draft,
+        "corrects": corrects,
+        # The template picker: only while a new draft is started (a template fills the form before editing).
+        "templates": list(_pickable(request, kind, incident)) if draft is None else [],
+        "picked_template": template,
+        "picker_path": request.path,
+        "picker_keep": {
+            key: request.GET[key] for key in ("resolve", "correct", "service") if request.GET.get(key)
+        },
         "preview": _preview(form, kind=kind, incident=incident) if form.is_bound else None,
+        # Before any typing, the lint of the text the form starts with (a template's, a correction's, the draft's).
+        "initial_lint": [] if form.is_bound else public_text.warnings_by_field(_initial_text(form)),
         "post_url": post_url,
         "revisions": list(draft.revisions.select_related("review", "review__reviewer")) if draft else [],
         # A new incident's draft has no team until its service is chosen: team 0 is none, so no role is shown.
@@ -145,6 +174,10 @@ def _context(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident: 
     }
 
 
+def _initial_text(form: DraftForm) -> dict[str, str]:
+    return {name: str(form[name].value() or "") for name in DRAFT_FIELDS if name in form.fields}
+
+
 def _render(request: HtmxHttpRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
     # The form's htmx posts target #draft-panel: the revisions, publications and history below it are not
     # rendered again. A 422 or 409 panel is swapped too (static/js/app.js allows those statuses).
@@ -157,13 +190,14 @@ def _validate(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident:
     form.is_valid()
     # Only the field being typed in: the ones the user has not reached yet must not turn red meanwhile.
     trigger = request.htmx.trigger_name if request.htmx else None
-    fields = [trigger] if trigger in form.fields else list(form.fields)
+    visible = [name for name, field in form.fields.items() if not field.widget.is_hidden]
+    fields = [trigger] if trigger in visible else visible
     # A rule across fields (description and stage go together) shows on the other field at once; a field the
     # user has not reached yet (only "required") stays quiet.
     fields += [
         name
         for name, errors in form.errors.as_data().items()
-        if name in form.fields and name not in fields and any(error.code != "required" for error in errors)
+        if name in visible and name not in fields and any(error.code != "required" for error in errors)
     ]
     context = {
         "preview": _preview(form, kind=kind, incident=incident),
@@ -176,13 +210,65 @@ def _validate(request: HtmxHttpRequest, form: DraftForm, *, kind: str, incident:
 
 
 def _initial_for_update(incident: Incident, resolve: bool) -> dict[str, str]:
-    """An update starts at the incident's current stage; resolving starts at resolved, with its usual words."""
-    return {
+    """An update starts at the incident's current stage; resolving starts at resolved, with the team's resolve
+    template (or the usual words when it has none)."""
+    initial = {
         "title": incident.title,
         "severity": incident.severity,
         "stage": Stage.RESOLVED if resolve else incident.stage,
         "description": RESOLVE_TEXT if resolve else "",
     }
+    if resolve:
+        filled = draft_templates.resolve_default(incident.service.team, incident)
+        if filled is not None:
+            initial.update({name: value for name, value in filled.items() if value})
+    return initial
+
+
+def _correction_initial(incident: Incident, last: IncidentUpdate) -> dict[str, Any]:
+    """A correction repeats the last update's stage and text, prefixed, to be edited into the corrected words."""
+    return {
+        "title": incident.title,
+        "severity": incident.severity,
+        "stage": last.stage if last.stage in Stage.values else incident.stage,
+        "description": CORRECTION_PREFIX + last.description,
+        "corrects_position": last.position,
+    }
+
+
+def _template_kinds(kind: str) -> tuple[str, ...]:
+    return (TemplateKind.OPEN,) if kind == DraftKind.OPEN else (TemplateKind.UPDATE, TemplateKind.RESOLVE)
+
+
+def _pickable(request: HtmxHttpRequest, kind: str, incident: Incident | None):
+    teams = [incident.service.team_id] if incident is not None else access.team_ids(request.user)
+    return draft_templates.pickable(request.user, teams, _template_kinds(kind))
+
+
+def _picked(request: HtmxHttpRequest, kind: str, incident: Incident | None) -> DraftTemplate | None:
+    """The template named by ``?template=``, if the user may use it here; anything else is none."""
+    raw = request.GET.get("template", "")
+    if not raw.isdigit() or int(raw) > ID_MAX:
+        return None
+    return _pickable(request, kind, incident).filter(pk=int(raw)).first()
+
+
+def _apply_template(
+    request: HtmxHttpRequest, template: DraftTemplate, initial: dict[str, Any], incident: Incident | None
+) -> None:
+    """Fill the form's starting values from ``template``: its non-empty fields replace them, placeholders filled."""
+    services = []
+    if incident is None:
+        team_services = list(template.team.services.all())
+        chosen = [s for s in team_services if str(s.pk) == str(initial.get("service", ""))]
+        services = chosen or (team_services if len(team_services) == 1 else [])
+        if len(services) == 1:
+            initial["service"] = services[0].pk
+    values = draft_templates.values_for(team=template.team, services=services, incident=incident)
+    filled = draft_templates.fill(template, values)
+    if template.kind == TemplateKind.RESOLVE:
+        filled["stage"] = Stage.RESOLVED
+    initial.update({name: value for name, value in filled.items() if value})
 
 
 @require_http_methods(["GET", "POST"])
@@ -207,16 +293,29 @@ def update_new(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 
 def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> HttpResponse:
+    # ?correct=1: a correction of the incident's last update (IsDown cannot edit one: a new update corrects it).
+    correcting = incident is not None and request.GET.get("correct") == "1"
     if request.method == "GET":
         initial: dict[str, Any] = {"stage": Stage.INVESTIGATING, "severity": "minor"}
         if incident is not None:
             initial = _initial_for_update(incident, request.GET.get("resolve") == "1")
         elif request.GET.get("service"):
             initial["service"] = request.GET["service"]
-        form = DraftForm(user=request.user, kind=kind, incident=incident, initial=initial)
-        return _render(request, _context(request, form, kind=kind, incident=incident, draft=None))
+        if correcting and incident is not None:
+            last = incident.updates.order_by("-position").first()
+            if last is None:
+                messages.warning(request, "This incident has no update on IsDown yet: there is nothing to correct.")
+                return redirect("incidents:incident_detail", pk=incident.pk)
+            initial = _correction_initial(incident, last)
+        template = _picked(request, kind, incident)
+        if template is not None:
+            _apply_template(request, template, initial, incident)
+        form = DraftForm(user=request.user, kind=kind, incident=incident, initial=initial, correcting=correcting)
+        return _render(
+            request, _context(request, form, kind=kind, incident=incident, draft=None, template=template)
+        )
 
-    form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident)
+    form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident, correcting=correcting)
     action = request.POST.get("action", "save")
     if action == "validate":
         return _validate(request, form, kind=kind, incident=incident)
@@ -225,16 +324,19 @@ def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> H
         status = 422 if form.errors else 200
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), status)
     service, fields = form.target_service(), form.draft_fields()
+    start = {
+        "user": request.user,
+        "service": service,
+        "kind": kind,
+        "fields": fields,
+        "incident": incident,
+        "corrects_position": form.corrects_position() if correcting else None,
+    }
     try:
         if action == "submit":
-            revision = workflow.create_and_submit(
-                user=request.user, service=service, kind=kind, fields=fields, incident=incident
-            )
-            draft_id = revision.draft_id
+            draft_id = workflow.create_and_submit(**start).draft_id
         else:
-            draft_id = workflow.create(
-                user=request.user, service=service, kind=kind, fields=fields, incident=incident
-            ).pk
+            draft_id = workflow.create(**start).pk
     except workflow.WorkflowError as exc:
         form.add_error(None, str(exc))
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), 422)

@@ -44,9 +44,17 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         .order_by("-updated_at")
     )
     publications = list(access.publications(request.user).filter(incident=incident).order_by("-created_at"))
+    updates = list(incident.updates.order_by("-position"))
+    # Corrections name the update they correct: the timeline shows it beside that update.
+    corrections: dict[int, list] = {}
+    for draft in drafts:
+        if draft.corrects_position is not None:
+            corrections.setdefault(draft.corrects_position, []).append(draft)
+    for update in updates:
+        update.corrected_by = corrections.get(update.position, [])
     context = {
         "incident": incident,
-        "updates": list(incident.updates.order_by("-position")),
+        "updates": updates,
         "pending_drafts": [d for d in drafts if d.state in PENDING_DRAFT_STATES],
         "drafts": drafts,
         "publication_blocks": [

@@ -12,9 +12,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import access, selectors, workflow
+from .. import access, public_text, selectors, workflow
 from ..diffs import diff_fields
-from ..forms import DRAFT_FIELD_LABELS, ReviewForm
+from ..forms import DRAFT_FIELD_LABELS, AcceptWarningForm, ReviewForm
 from ..http import HtmxHttpRequest
 from ..models import (
     DRAFT_FIELDS,
@@ -70,6 +70,10 @@ def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
         "own_revision": revision is not None and request.user.pk in revision.editors,
         "decisions": ReviewDecision,
     }
+    # The public-text lint of the revision as it will be sent; an approver who may decide may accept a warning.
+    context["warnings"] = public_text.warnings_by_field(fields, public_text.accepted_keys(revision))
+    may_accept = context["in_review"] and context["can_review"] and not context["own_revision"]
+    context["accept_url"] = reverse("incidents:draft_accept_warning", kwargs={"pk": draft.pk}) if may_accept else ""
     if revision is not None and previous is not None:
         context["revision_diff"] = diff_fields(previous.fields, revision.fields, DRAFT_FIELD_LABELS)
     if revision is not None and draft.kind == DraftKind.UPDATE:
@@ -124,3 +128,22 @@ def draft_review(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         # The draft is the author's again: back to the review queue for the next one.
         url = reverse("incidents:dashboard") + "#panel-reviews"
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@require_http_methods(["POST"])
+def draft_accept_warning(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """An approver accepts one public-text warning of the revision in review (audited with its rule and span)."""
+    draft = access.get_scoped_or_404(access.drafts(request.user), pk=pk)
+    access.require_role(request.user, draft.team, access.REVIEWING_ROLES, action="accept a warning")
+    url = reverse("incidents:draft_review", kwargs={"pk": draft.pk})
+    form = AcceptWarningForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "That warning could not be read; reload the page and accept it again.")
+        return redirect(url)
+    try:
+        public_text.accept(user=request.user, draft=draft, **form.cleaned_data)
+    except public_text.AcceptError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Accepted the {form.cleaned_data['rule']} warning.")
+    return redirect(url + "#lint-warnings")

@@ -148,3 +148,14 @@
   document.addEventListener("DOMContentLoaded", function () { initCounters(document); labelCells(document); initDraftForm(); });
   document.addEventListener("htmx:afterSettle", function (event) { initCounters(document); labelCells(document); initDraftForm(); });
 })();
+
+// --- Draft templates (issue 12): picking a template reloads the form filled from it ----------------------------
+// <form data-autosubmit>: a choice in its select submits it (a GET with ?template=); its button does the same
+// without JavaScript.
+(function () {
+  "use strict";
+  document.addEventListener("change", function (event) {
+    var form = event.target.closest && event.target.closest("form[data-autosubmit]");
+    if (form && event.target.tagName === "SELECT") form.requestSubmit();
+  });
+})();

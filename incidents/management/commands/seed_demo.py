@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from incidents import audit
-from incidents.models import Membership, Role, Service, Team
+from incidents.models import DraftTemplate, Membership, Role, Service, Severity, Stage, Team, TemplateKind
 
 
 class DemoTeam(TypedDict):
@@ -37,6 +37,46 @@ DEMO_TEAMS: dict[str, DemoTeam] = {
         ],
     },
 }
+# Draft templates every demo team starts with (draft_templates.PLACEHOLDERS are filled when one is picked).
+DEMO_TEMPLATES: list[dict[str, str]] = [
+    {
+        "name": "Elevated errors",
+        "kind": TemplateKind.OPEN,
+        "title": "Elevated error rates on {services}",
+        "severity": Severity.MINOR,
+        "stage": Stage.INVESTIGATING,
+        "description": "Since {started_at} some requests to {services} fail. We are investigating and will post "
+        "an update within 30 minutes.",
+    },
+    {
+        "name": "Full outage",
+        "kind": TemplateKind.OPEN,
+        "title": "{services} unavailable",
+        "severity": Severity.MAJOR,
+        "stage": Stage.INVESTIGATING,
+        "description": "{services} is unavailable since {started_at}. Our engineers are working on it; next update "
+        "within 30 minutes.",
+    },
+    {
+        "name": "Cause identified",
+        "kind": TemplateKind.UPDATE,
+        "stage": Stage.IDENTIFIED,
+        "description": "We have identified the cause of “{incident_title}” and are rolling out a fix.",
+    },
+    {
+        "name": "Fix deployed, monitoring",
+        "kind": TemplateKind.UPDATE,
+        "stage": Stage.MONITORING,
+        "description": "A fix is in place for {services}. We are monitoring to make sure it holds.",
+    },
+    {
+        "name": "Resolved",
+        "kind": TemplateKind.RESOLVE,
+        "stage": Stage.RESOLVED,
+        "description": "This incident has been resolved: {services} is working normally again. We are sorry for the "
+        "disruption since {started_at}.",
+    },
+]
 DEMO_STAFF = "admin"
 SEED_ACTOR = "system:seed_demo"
 
@@ -119,8 +159,23 @@ class Command(BaseCommand):
                         summary=f"{username} joined {team_name} as {role}",
                         changes={"role": [None, str(role)]},
                     )
+            self._seed_templates(team)
         self._register_sandbox_services()
         return created_users
+
+    def _seed_templates(self, team: Team) -> None:
+        for spec in DEMO_TEMPLATES:
+            fields = {"title": "", "severity": "", "stage": "", "description": "", **spec}
+            template, created = DraftTemplate.objects.get_or_create(team=team, name=spec["name"], defaults=fields)
+            if created:
+                audit.record(
+                    "template.created",
+                    actor_label=SEED_ACTOR,
+                    team=team,
+                    target=template,
+                    summary=f"Demo template “{template.name}” of {team.name} created",
+                    changes={name: [None, str(value)] for name, value in fields.items() if value},
+                )
 
     def _register_sandbox_services(self) -> None:
         """Tell the IsDown sandbox about the demo services, so it accepts writes to them."""
