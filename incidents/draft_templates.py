@@ -102,7 +102,8 @@ def _snapshot(template: DraftTemplate) -> dict[str, str]:
 
 
 def _name_taken(team: Team, name: str, exclude: int | None = None) -> bool:
-    return DraftTemplate.objects.filter(team=team, name__iexact=name).exclude(pk=exclude).exists()
+    same = DraftTemplate.objects.filter(team=team, name__iexact=name)
+    return (same if exclude is None else same.exclude(pk=exclude)).exists()
 
 
 def create(*, user, team: Team, fields: Mapping[str, str]) -> DraftTemplate:

@@ -232,9 +232,7 @@ class DraftTemplateForm(forms.Form):
     name = forms.CharField(label="Name", max_length=TEMPLATE_NAME_MAX_LENGTH, strip=True)
     kind = forms.ChoiceField(label="For", choices=TemplateKind.choices)
     title = UncutCharField(label="Title", max_length=TITLE_MAX_LENGTH, required=False, strip=True)
-    severity = forms.ChoiceField(
-        label="Severity", choices=[("", "Keep the form's"), *Severity.choices], required=False
-    )
+    severity = forms.ChoiceField(label="Severity", choices=[("", "Keep the form's"), *Severity.choices], required=False)
     stage = forms.ChoiceField(label="Stage", choices=[("", "Keep the form's"), *Stage.choices], required=False)
     description = UncutCharField(
         label="Description", max_length=DESCRIPTION_MAX_LENGTH, required=False, widget=forms.Textarea, strip=True

@@ -44,9 +44,7 @@ def warnings_by_field(
         text = fields.get(name) or ""
         # highlight() escapes every character of the text: the only markup is its own <mark>.
         marked = mark_safe(highlight(text, [(f.start, f.end) for f in mine]))  # noqa: S308
-        result.append(
-            FieldWarnings(name, FIELD_LABELS.get(name, name), marked, [(f, f.key in accepted) for f in mine])
-        )
+        result.append(FieldWarnings(name, FIELD_LABELS.get(name, name), marked, [(f, f.key in accepted) for f in mine]))
     return result
 
 

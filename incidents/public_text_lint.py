@@ -209,7 +209,7 @@ RULES: list[Rule] = [
     Rule(
         "shouting",
         "Long upper-case text reads as shouting: write it in sentence case.",
-        re.compile(r"(?<![\w])(?:[A-Z][A-Z0-9'’]+[!?.,:;)-]*[ \t]+){3,}[A-Z][A-Z0-9'’]+[!?.]*"),
+        re.compile(r"(?<![\w])(?:[A-Z][A-Z0-9'\u2019]+[!?.,:;)-]*[ \t]+){3,}[A-Z][A-Z0-9'\u2019]+[!?.]*"),
         keep=_mostly_letters,
     ),
 ]

@@ -152,9 +152,7 @@ def _context(
         "templates": list(_pickable(request, kind, incident)) if draft is None else [],
         "picked_template": template,
         "picker_path": request.path,
-        "picker_keep": {
-            key: request.GET[key] for key in ("resolve", "correct", "service") if request.GET.get(key)
-        },
+        "picker_keep": {key: request.GET[key] for key in ("resolve", "correct", "service") if request.GET.get(key)},
         "preview": _preview(form, kind=kind, incident=incident) if form.is_bound else None,
         # Before any typing, the lint of the text the form starts with (a template's, a correction's, the draft's).
         "initial_lint": [] if form.is_bound else public_text.warnings_by_field(_initial_text(form)),
@@ -311,9 +309,7 @@ def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> H
         if template is not None:
             _apply_template(request, template, initial, incident)
         form = DraftForm(user=request.user, kind=kind, incident=incident, initial=initial, correcting=correcting)
-        return _render(
-            request, _context(request, form, kind=kind, incident=incident, draft=None, template=template)
-        )
+        return _render(request, _context(request, form, kind=kind, incident=incident, draft=None, template=template))
 
     form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident, correcting=correcting)
     action = request.POST.get("action", "save")
@@ -333,10 +329,7 @@ def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> H
         "corrects_position": form.corrects_position() if correcting else None,
     }
     try:
-        if action == "submit":
-            draft_id = workflow.create_and_submit(**start).draft_id
-        else:
-            draft_id = workflow.create(**start).pk
+        draft_id = workflow.create_and_submit(**start).draft_id if action == "submit" else workflow.create(**start).pk
     except workflow.WorkflowError as exc:
         form.add_error(None, str(exc))
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), 422)

@@ -29,7 +29,9 @@ def _list_url(team: Team) -> str:
     return reverse("incidents:template_list", kwargs={"team_pk": team.pk})
 
 
-def _form_page(request: HtmxHttpRequest, team: Team, form: DraftTemplateForm, template: DraftTemplate | None, status=200):
+def _form_page(
+    request: HtmxHttpRequest, team: Team, form: DraftTemplateForm, template: DraftTemplate | None, status=200
+):
     context = {
         "team": team,
         "form": form,
