@@ -117,7 +117,7 @@ class DraftForm(forms.Form):
         if correcting and kind == DraftKind.UPDATE:
             # A new update started from "Correct the last update": which update it corrects (workflow checks it).
             self.fields["corrects_position"] = forms.IntegerField(
-                widget=forms.HiddenInput, required=False, min_value=1, max_value=ID_MAX
+                widget=forms.HiddenInput, required=False, min_value=0, max_value=ID_MAX
             )
         self.fields["description"].help_text = description_hint()
         if kind == DraftKind.OPEN:
@@ -175,7 +175,8 @@ class DraftForm(forms.Form):
         return {name: data.get(name) or "" for name in DRAFT_FIELDS}
 
     def corrects_position(self) -> int | None:
-        return self.cleaned_data.get("corrects_position") or None
+        position = self.cleaned_data.get("corrects_position")
+        return position if isinstance(position, int) else None
 
 
 # How the diffs on the review and conflict views name the draft's fields: as the form does.

@@ -235,6 +235,11 @@ class Draft(models.Model):
     def is_editable(self) -> bool:
         return self.state in EDITABLE_DRAFT_STATES
 
+    @property
+    def corrects_update_number(self) -> int | None:
+        """The corrected update as people count them (the first is 1; positions start at 0)."""
+        return None if self.corrects_position is None else self.corrects_position + 1
+
 
 class Revision(models.Model):
     """An immutable snapshot made on submit: the fields and, in ``requests``, the exact request to each target.

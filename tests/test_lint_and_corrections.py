@@ -200,11 +200,33 @@ def test_a_correction_is_saved_marked_reviewed_like_any_other_and_shown(
     assert draft.revisions.get().fields["description"] == "Correction: a bad deploy at 10:00."
     event = AuditEvent.objects.get(action="draft.created")
     assert event.changes["corrects_position"] == [None, 1]
+    # Positions count from 0; people count updates from 1.
     review = as_user(approver).get(f"/drafts/{draft.pk}/review/").content.decode()
-    assert "Correction of update 1" in review
+    assert "Correction of update 2" in review
     timeline = as_user(approver).get(f"/incidents/{incident_with_updates.pk}/").content.decode()
-    assert "Correction of update 1" in timeline
+    assert "Correction of update 2" in timeline
     assert f'Corrected by <a href="/drafts/{draft.pk}/">draft #{draft.pk}</a>' in timeline
+
+
+def test_a_correction_of_the_first_update_is_marked_too(as_user, responder, api_service):
+    incident = IncidentFactory(service=api_service, remote_id="902", title="Slow API", stage="investigating")
+    IncidentUpdate.objects.create(
+        incident=incident, position=0, stage="investigating", description="Looking.", remote_created_at=timezone.now()
+    )
+    client = as_user(responder)
+    body = client.get(f"/incidents/{incident.pk}/update/?correct=1").content.decode()
+    assert 'name="corrects_position" value="0"' in body
+    assert "Correction</strong> of update 1" in body
+    data = {
+        "title": "Slow API",
+        "severity": incident.severity,
+        "stage": "investigating",
+        "description": "Correction: looking at the database.",
+        "corrects_position": "0",
+        "action": "save",
+    }
+    client.post(f"/incidents/{incident.pk}/update/?correct=1", data)
+    assert Draft.objects.get().corrects_position == 0
 
 
 def test_the_responder_may_remove_the_correction_prefix(as_user, responder, incident_with_updates):

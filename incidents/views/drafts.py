@@ -136,7 +136,7 @@ def _context(
     if draft is None:
         # Text picked from a template, or a correction, is not the text typed for a plain new draft.
         storage_key += (f":template{template.pk}" if template else "") + (":correction" if correcting else "")
-    corrects = draft.corrects_position if draft else (form["corrects_position"].value() if correcting else None)
+    corrects = draft.corrects_update_number if draft else (_update_number(form) if correcting else None)
     return {
         "form": form,
         "summary": _problems(form) if form.is_bound else [],
@@ -170,6 +170,12 @@ def _context(
         else [],
         "history": selectors.draft_history(request.user, draft) if draft else None,
     }
+
+
+def _update_number(form: DraftForm) -> int | None:
+    """The corrected update as people count them (from 1), from the form's hidden position."""
+    value = str(form["corrects_position"].value() or "0")
+    return int(value) + 1 if value.isdigit() else None
 
 
 def _initial_text(form: DraftForm) -> dict[str, str]:
