@@ -21,7 +21,7 @@ from django.test import Client
 
 from incidents import workflow
 from incidents.input_guards import refuse_foreign_charsets
-from incidents.models import DraftKind, Publication, PublicationState, Severity, Stage
+from incidents.models import DraftKind, DraftTemplate, Publication, PublicationState, Severity, Stage
 from sandbox import api as sandbox_api
 from sandbox import faults
 from sandbox.registry import register_service
@@ -136,7 +136,13 @@ def world(
     sandbox_incident = sandbox_api.create({"service_id": 1001, "title": "In the sandbox", "description": "x"})
     # A queued fault puts the Clear button on the control page, and sends DELETEs through the fault path (no delay).
     faults.add_fault(kind="latency", latency_ms=0, count=faults.COUNT_MAX, method="DELETE")
+    templates = [
+        DraftTemplate.objects.create(team=api_service.team, kind="open", name="Outage", title="{services} down"),
+        DraftTemplate.objects.create(team=pipeline_service.team, kind="resolve", name="Resolved", stage="resolved"),
+    ]
     return {
+        "teams": [api_service.team, pipeline_service.team],
+        "templates": templates,
         "users": [responder, approver, auditor, outsider, staff, plain_staff],
         "incidents": [incident],
         "drafts": [editable, in_review, update, failed.draft, other_team.draft],
@@ -167,7 +173,9 @@ def known_ids(world: dict[str, object], target: Target) -> dict[str, list[str]]:
         known["id"] = _ids(world["users"])
         known["content_type_id"] = [str(ContentType.objects.get_for_model(type(world["drafts"][0])).pk)]
     else:
+        known["team_pk"] = _ids(world["teams"])
         for word, key in (
+            ("template", "templates"),
             ("publication", "publications"),
             ("draft", "drafts"),
             ("update_new", "incidents"),
