@@ -101,6 +101,13 @@ def _snapshot(template: DraftTemplate) -> dict[str, str]:
     return {name: getattr(template, name) for name in ("name", "kind", *TEMPLATE_FIELDS)}
 
 
+def _locked(template_id: int, team: Team) -> DraftTemplate:
+    template = DraftTemplate.objects.select_for_update().filter(pk=template_id, team=team).first()
+    if template is None:
+        raise TemplateError("This template was deleted meanwhile.")
+    return template
+
+
 def _name_taken(team: Team, name: str, exclude: int | None = None) -> bool:
     same = DraftTemplate.objects.filter(team=team, name__iexact=name)
     return (same if exclude is None else same.exclude(pk=exclude)).exists()
@@ -129,7 +136,7 @@ def update(*, user, template_id: int, team: Team, fields: Mapping[str, str]) -> 
     """Change a template of ``team`` (approvers only); the audit event records each field's old and new value."""
     access.require_role(user, team, access.REVIEWING_ROLES, action="manage templates")
     with transaction.atomic():
-        template = DraftTemplate.objects.select_for_update().get(pk=template_id, team=team)
+        template = _locked(template_id, team)
         if _name_taken(team, fields["name"], exclude=template.pk):
             raise TemplateError(f"{team.name} already has a template named “{fields['name']}”.")
         before = _snapshot(template)
@@ -154,7 +161,7 @@ def delete(*, user, template_id: int, team: Team) -> None:
     """Delete a template of ``team`` (approvers only); the audit event keeps every field it had."""
     access.require_role(user, team, access.REVIEWING_ROLES, action="manage templates")
     with transaction.atomic():
-        template = DraftTemplate.objects.select_for_update().get(pk=template_id, team=team)
+        template = _locked(template_id, team)
         audit.record(
             "template.deleted",
             actor=user,

@@ -188,6 +188,18 @@ def test_picking_a_template_fills_the_new_incident_form(as_user, responder, plat
     assert "<mark>{unknown}</mark>" in page
 
 
+def test_with_several_services_the_chosen_one_fills_services(
+    as_user, responder, platform, api_service, dashboard_service
+):
+    template = make_template(platform)
+    client = as_user(responder)
+    page = client.get(f"/drafts/new/?template={template.pk}").content.decode()
+    assert 'value="{services} unavailable"' in page  # none chosen yet: left for the lint to flag
+    page = client.get(f"/drafts/new/?template={template.pk}&service={dashboard_service.pk}").content.decode()
+    assert 'value="Dashboard unavailable"' in page
+    assert f'<option value="{dashboard_service.pk}" selected>' in page
+
+
 def test_the_picker_offers_only_my_teams_templates(as_user, responder, platform, data_team, api_service):
     mine, theirs = make_template(platform), make_template(data_team, name="Theirs")
     page = as_user(responder).get("/drafts/new/").content.decode()

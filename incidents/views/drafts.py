@@ -152,7 +152,7 @@ def _context(
         "templates": list(_pickable(request, kind, incident)) if draft is None else [],
         "picked_template": template,
         "picker_path": request.path,
-        "picker_keep": {key: request.GET[key] for key in ("resolve", "correct", "service") if request.GET.get(key)},
+        "picker_keep": {key: request.GET[key] for key in ("resolve", "correct") if request.GET.get(key)},
         "preview": _preview(form, kind=kind, incident=incident) if form.is_bound else None,
         # Before any typing, the lint of the text the form starts with (a template's, a correction's, the draft's).
         "initial_lint": [] if form.is_bound else public_text.warnings_by_field(_initial_text(form)),

@@ -96,6 +96,10 @@ def template_delete(request: HtmxHttpRequest, team_pk: int, pk: int) -> HttpResp
     team = _team(request, team_pk)
     access.require_role(request.user, team, access.REVIEWING_ROLES, action=ACTION)
     template = _template(team, pk)
-    draft_templates.delete(user=request.user, template_id=template.pk, team=team)
-    messages.success(request, f"Template “{template.name}” deleted.")
+    try:
+        draft_templates.delete(user=request.user, template_id=template.pk, team=team)
+    except draft_templates.TemplateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Template “{template.name}” deleted.")
     return redirect(_list_url(team))

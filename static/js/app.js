@@ -151,11 +151,21 @@
 
 // --- Draft templates (issue 12): picking a template reloads the form filled from it ----------------------------
 // <form data-autosubmit>: a choice in its select submits it (a GET with ?template=); its button does the same
-// without JavaScript.
+// without JavaScript. <input data-copy-from="id">: takes that field's current value first (the service chosen in
+// the draft form, so the template's {services} names it).
 (function () {
   "use strict";
+  function copyValues(form) {
+    form.querySelectorAll("[data-copy-from]").forEach(function (input) {
+      var source = document.getElementById(input.dataset.copyFrom);
+      if (source) input.value = source.value;
+    });
+  }
   document.addEventListener("change", function (event) {
     var form = event.target.closest && event.target.closest("form[data-autosubmit]");
-    if (form && event.target.tagName === "SELECT") form.requestSubmit();
+    if (form && event.target.tagName === "SELECT") { copyValues(form); form.requestSubmit(); }
   });
+  document.addEventListener("submit", function (event) {
+    if (event.target.matches && event.target.matches("form[data-autosubmit]")) copyValues(event.target);
+  }, true);
 })();

@@ -33,7 +33,7 @@ def write_template(page: Page, base: str, team_id: int) -> None:
 
 
 def test_template_picked_fills_the_form_and_the_lint_marks_what_should_not_be_public(
-    live_server, browser: Browser, responder, approver, api_service, password, csp_violations, page
+    live_server, browser: Browser, responder, approver, api_service, dashboard_service, password, csp_violations, page
 ):
     base = live_server.url
     sign_in(page, base, "approver", password)
@@ -43,8 +43,10 @@ def test_template_picked_fills_the_form_and_the_lint_marks_what_should_not_be_pu
 
     sign_in(page, base, "responder", password)
     page.goto(f"{base}/drafts/new/")
+    page.select_option("#id_service", label="API (#1001)")  # the team has two: the template names the chosen one
     # Choosing in the select is enough: static/js/app.js submits the picker (a GET with ?template=).
     page.select_option("#id_template", label="Elevated errors (new incident)")
+    expect(page.locator("#id_service")).to_have_value(str(api_service.pk))
     expect(page.locator("#id_title")).to_have_value("Elevated errors on API")
     expect(page.locator("#id_description")).to_contain_text("some requests to API fail.")
     expect(page.locator("#id_severity")).to_have_value("major")
