@@ -4,7 +4,7 @@ and the span). The rules themselves are in ``public_text_lint.py`` (pure, no Dja
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -23,16 +23,16 @@ class AcceptError(Exception):
 
 @dataclass(frozen=True)
 class FieldWarnings:
-    """One field's text with every warning's span marked, and its warnings (each maybe accepted)."""
+    """One field's text with every warning's span marked, and its warnings, each with who accepted it ("": nobody)."""
 
     field: str
     label: str
     marked: SafeString
-    warnings: list[tuple[Finding, bool]]
+    warnings: list[tuple[Finding, str]]
 
 
 def warnings_by_field(
-    fields: Mapping[str, str], accepted: Collection[tuple[str, str, int, int]] = ()
+    fields: Mapping[str, str], accepted: Mapping[tuple[str, str, int, int], str] | None = None
 ) -> list[FieldWarnings]:
     """The lint of a draft's fields, per field, in the order the form shows them; fields without a warning left out."""
     findings = lint(fields)
@@ -44,14 +44,17 @@ def warnings_by_field(
         text = fields.get(name) or ""
         # highlight() escapes every character of the text: the only markup is its own <mark>.
         marked = mark_safe(highlight(text, [(f.start, f.end) for f in mine]))  # noqa: S308
-        result.append(FieldWarnings(name, FIELD_LABELS.get(name, name), marked, [(f, f.key in accepted) for f in mine]))
+        warnings = [(f, (accepted or {}).get(f.key, "")) for f in mine]
+        result.append(FieldWarnings(name, FIELD_LABELS.get(name, name), marked, warnings))
     return result
 
 
-def accepted_keys(revision: Revision | None) -> set[tuple[str, str, int, int]]:
+def accepted_by(revision: Revision | None) -> dict[tuple[str, str, int, int], str]:
+    """The revision's accepted warnings: ``{(rule, field, start, end): who accepted it}``."""
     if revision is None:
-        return set()
-    return set(revision.accepted_warnings.values_list("rule", "field", "start", "end"))
+        return {}
+    rows = revision.accepted_warnings.values_list("rule", "field", "start", "end", "accepted_by__username")
+    return {(rule, field, start, end): username for rule, field, start, end, username in rows}
 
 
 def accept(*, user, draft: Draft, revision_id: int, rule: str, field: str, start: int, end: int) -> AcceptedWarning:

@@ -113,7 +113,21 @@ def test_an_approver_accepts_a_warning_and_the_audit_log_names_rule_and_span(as_
     assert event.target_id == str(leaky_in_review.pk)
     body = client.get(f"/drafts/{leaky_in_review.pk}/review/").content.decode()
     assert body.count(">Accepted</span>") == 1
+    assert f"by {approver.username}" in body
     assert body.count('name="rule"') == 1  # the other warning can still be accepted
+
+
+def test_an_approver_who_edited_the_draft_cannot_accept_its_warnings(as_user, approver, approver2, api_service):
+    draft = workflow.create(user=approver, service=api_service, kind=DraftKind.OPEN, fields=LEAKY)
+    workflow.submit(draft_id=draft.pk, user=approver)
+    client = as_user(approver)
+    assert "accept-warning" not in client.get(f"/drafts/{draft.pk}/review/").content.decode()
+    response = client.post(f"/drafts/{draft.pk}/review/accept-warning/", accept_post(draft), follow=True)
+    assert "someone else must judge" in response.content.decode()
+    assert not AcceptedWarning.objects.exists()
+    # The other approver may.
+    as_user(approver2).post(f"/drafts/{draft.pk}/review/accept-warning/", accept_post(draft))
+    assert AcceptedWarning.objects.get().accepted_by == approver2
 
 
 def test_accepting_twice_is_refused_and_recorded_once(as_user, approver, leaky_in_review):

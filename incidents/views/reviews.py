@@ -71,7 +71,7 @@ def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
         "decisions": ReviewDecision,
     }
     # The public-text lint of the revision as it will be sent; an approver who may decide may accept a warning.
-    context["warnings"] = public_text.warnings_by_field(fields, public_text.accepted_keys(revision))
+    context["warnings"] = public_text.warnings_by_field(fields, public_text.accepted_by(revision))
     may_accept = context["in_review"] and context["can_review"] and not context["own_revision"]
     context["accept_url"] = reverse("incidents:draft_accept_warning", kwargs={"pk": draft.pk}) if may_accept else ""
     if revision is not None and previous is not None:
