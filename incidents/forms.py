@@ -354,6 +354,10 @@ class MfaEnrolForm(forms.Form):
     code = forms.CharField(**TOTP_CODE_FIELD, error_messages={"required": "Type the code your app shows now."})
 
 
+class MfaRecoveryForm(forms.Form):
+    recovery_code = forms.CharField(label="A recovery code", max_length=20)
+
+
 class NextUpdateDueForm(forms.Form):
     minutes = forms.IntegerField(
         label="Next update due in (minutes)",

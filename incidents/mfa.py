@@ -149,3 +149,34 @@ def verify_fresh(*, user: User, code: str, team: Team | None, purpose: str, now:
                 changes={"reason": [None, refusal]},
             )
         raise MfaError(refusal)
+
+
+def replace_with_recovery_code(*, user: User, code: str) -> None:
+    """A lost app: one unused recovery code removes the TOTP authenticator so a new one can be enrolled (the code
+    is spent; the remaining ones stay valid). Audited either way."""
+    with transaction.atomic():
+        instance = (
+            Authenticator.objects.select_for_update()
+            .filter(user_id=user.pk, type=Authenticator.Type.RECOVERY_CODES)
+            .first()
+        )
+        accepted = instance is not None and RecoveryCodes(instance).validate_code("".join((code or "").split()))
+        if accepted:
+            Authenticator.objects.filter(user_id=user.pk, type=TOTP).delete()
+            audit.record(
+                "mfa.replaced",
+                actor=user,
+                target=user,
+                target_label=user.get_username(),
+                summary=f"{user.get_username()} used a recovery code to replace their authenticator app",
+            )
+    if not accepted:
+        with transaction.atomic():
+            audit.record(
+                "mfa.code_refused",
+                actor=user,
+                target=user,
+                target_label=user.get_username(),
+                summary=f"A recovery code of {user.get_username()} was refused",
+            )
+        raise MfaError("That recovery code is not one of yours, or it was used already.")

@@ -10,10 +10,16 @@ urlpatterns = [
     path("incidents/", incidents.incident_list, name="incident_list"),
     path("incidents/<int:pk>/", incidents.incident_detail, name="incident_detail"),
     path("incidents/<int:pk>/update/", drafts.update_new, name="update_new"),
+    path(
+        "incidents/<int:pk>/next-update-due/", incidents.incident_next_update_due, name="incident_next_update_due"
+    ),
     path("drafts/new/", drafts.draft_new, name="draft_new"),
     path("drafts/<int:pk>/", drafts.draft_detail, name="draft_detail"),
     path("drafts/<int:pk>/review/", reviews.draft_review, name="draft_review"),
+    path("drafts/<int:pk>/break-glass/", reviews.draft_break_glass, name="draft_break_glass"),
+    path("drafts/<int:pk>/post-review/", reviews.draft_post_review, name="draft_post_review"),
     path("account/", account.account, name="account"),
+    path("account/authenticator/", account.mfa_setup, name="mfa_setup"),
     path("audit/", audit.audit_log, name="audit_log"),
     path("audit/export.csv", audit.audit_export_csv, name="audit_export_csv"),
     path("audit/export.jsonl", audit.audit_export_jsonl, name="audit_export_jsonl"),
