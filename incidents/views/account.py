@@ -71,7 +71,7 @@ def mfa_setup(request: HtmxHttpRequest) -> HttpResponse:
         )
     secret = request.session.get(ENROL_SECRET_SESSION_KEY) or mfa.new_secret()
     request.session[ENROL_SECRET_SESSION_KEY] = secret
-    form = MfaEnrolForm(request.POST or None)
+    form = MfaEnrolForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             enrolment = mfa.enrol(user=user, secret=secret, code=form.cleaned_data["code"])  # type: ignore[arg-type]
