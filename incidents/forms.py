@@ -346,7 +346,10 @@ class BreakGlassForm(forms.Form):
 
 class PostReviewForm(forms.Form):
     comment = forms.CharField(
-        label="Comment (optional)", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 3})
+        label="Comment (optional)",
+        max_length=COMMENT_MAX_LENGTH,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
     )
 
 

@@ -15,7 +15,17 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, OuterRef, QuerySet, Subquery
+from django.db.models import (
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.expressions import Combinable, CombinedExpression
 from django.utils import timezone
 
 from . import access, audit, notifications
@@ -23,8 +33,8 @@ from .models import (
     REVIEWABLE_DRAFT_STATES,
     Draft,
     Incident,
-    Revision,
     ReviewEscalation,
+    Revision,
     Service,
     UpdateReminder,
 )
@@ -77,10 +87,13 @@ def _start_clocks(now: datetime) -> int:
     """Give every open incident without a due time one: its last activity plus its team's interval."""
     interval = Subquery(Service.objects.filter(pk=OuterRef("service_id")).values("team__update_interval_minutes")[:1])
     return Incident.objects.filter(resolved=False, next_update_due_at__isnull=True).update(
-        next_update_due_at=ExpressionWrapper(
-            F("last_activity_at") + timedelta(minutes=1) * interval, output_field=DateTimeField()
-        )
+        next_update_due_at=ExpressionWrapper(F("last_activity_at") + _minutes(interval), output_field=DateTimeField())
     )
+
+
+def _minutes(count: Combinable) -> ExpressionWrapper[CombinedExpression]:
+    """``count`` minutes, in SQL (an interval times an integer column)."""
+    return ExpressionWrapper(Value(timedelta(minutes=1)) * count, output_field=DurationField())
 
 
 def remind_overdue_updates(*, now: datetime | None = None) -> int:
@@ -127,7 +140,7 @@ def waiting_for_review(*, now: datetime | None = None) -> QuerySet[Revision]:
     return (
         Revision.objects.filter(draft__state__in=REVIEWABLE_DRAFT_STATES, escalation__isnull=True)
         .filter(pk=Subquery(latest))
-        .filter(created_at__lte=now - timedelta(minutes=1) * F("draft__team__review_escalation_minutes"))
+        .filter(created_at__lte=Value(now) - _minutes(F("draft__team__review_escalation_minutes")))
         .select_related("draft__team", "draft__service")
     )
 

@@ -10,9 +10,7 @@ urlpatterns = [
     path("incidents/", incidents.incident_list, name="incident_list"),
     path("incidents/<int:pk>/", incidents.incident_detail, name="incident_detail"),
     path("incidents/<int:pk>/update/", drafts.update_new, name="update_new"),
-    path(
-        "incidents/<int:pk>/next-update-due/", incidents.incident_next_update_due, name="incident_next_update_due"
-    ),
+    path("incidents/<int:pk>/next-update-due/", incidents.incident_next_update_due, name="incident_next_update_due"),
     path("drafts/new/", drafts.draft_new, name="draft_new"),
     path("drafts/<int:pk>/", drafts.draft_detail, name="draft_detail"),
     path("drafts/<int:pk>/review/", reviews.draft_review, name="draft_review"),

@@ -28,11 +28,11 @@ from django.utils import timezone
 from . import access, audit, enqueue, isdown, mfa, notifications
 from .models import (
     DRAFT_FIELDS,
-    BreakGlassPostReview,
     EDITABLE_DRAFT_STATES,
     PUBLISHING_DECISIONS,
     PUBLISHING_DRAFT_STATES,
     REVIEWABLE_DRAFT_STATES,
+    BreakGlassPostReview,
     Draft,
     DraftKind,
     DraftState,
@@ -457,7 +457,9 @@ def break_glass(
     # Cheap refusals first, so a code is not spent on a draft that cannot be published.
     _require_state(draft, REVIEWABLE_DRAFT_STATES, "publish without review")
     try:
-        mfa.verify_fresh(user=user, code=totp_code, team=draft.team, purpose=f"break the glass on draft #{draft_id}", now=now)
+        mfa.verify_fresh(
+            user=user, code=totp_code, team=draft.team, purpose=f"break the glass on draft #{draft_id}", now=now
+        )
     except mfa.MfaError as exc:
         raise NotAllowed(str(exc)) from exc
     with transaction.atomic():
@@ -469,7 +471,9 @@ def break_glass(
         if sha256 != revision.sha256:
             raise StaleRevision("The request you reviewed is not the one in review (its SHA-256 differs); reload.")
         if user.pk not in revision.editors and user.pk not in (revision.author_id, revision.last_editor_id):
-            raise NotAllowed("You did not write or edit this draft: approve it instead. Break-glass is only for your own.")
+            raise NotAllowed(
+                "You did not write or edit this draft: approve it instead. Break-glass is only for your own."
+            )
         result = _record_decision(
             draft=draft,
             revision=revision,

@@ -265,14 +265,20 @@ def test_the_database_refuses_a_post_review_by_the_one_who_broke_the_glass(broke
         "INSERT INTO incidents_breakglasspostreview (review_id, break_glass_by_id, reviewer_id, comment, created_at)"
         " VALUES (%s, %s, %s, '', now())"
     )
-    with pytest.raises(IntegrityError, match="break_glass_post_review_by_someone_else"):
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, [broken.pk, approver.pk, approver.pk])
+    with (
+        pytest.raises(IntegrityError, match="break_glass_post_review_by_someone_else"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(sql, [broken.pk, approver.pk, approver.pk])
     # Nor can a post-review lie about who broke the glass.
-    with pytest.raises(IntegrityError, match="break_glass_post_review_names_the_reviewer"):
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, [broken.pk, approver2.pk, approver.pk])
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    with (
+        pytest.raises(IntegrityError, match="break_glass_post_review_names_the_reviewer"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(sql, [broken.pk, approver2.pk, approver.pk])
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     assert not BreakGlassPostReview.objects.exists()
 
 

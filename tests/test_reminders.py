@@ -33,7 +33,9 @@ def incident(api_service):
 
 
 def approve_an_update(incident, author, reviewer):
-    draft = workflow.create(user=author, service=incident.service, kind=DraftKind.UPDATE, incident=incident, fields=UPDATE)
+    draft = workflow.create(
+        user=author, service=incident.service, kind=DraftKind.UPDATE, incident=incident, fields=UPDATE
+    )
     revision = workflow.submit(draft_id=draft.pk, user=author)
     workflow.approve(draft_id=draft.pk, revision_id=revision.pk, reviewer=reviewer, sha256=revision.sha256)
     incident.refresh_from_db()

@@ -34,7 +34,7 @@ def account(request: HtmxHttpRequest) -> HttpResponse:
 
 
 # --- Authenticator app (issue 12 §4) ---------------------------------------------------------------------------
-ENROL_SECRET_SESSION_KEY = "incidents.mfa.enrol_secret"
+ENROL_SECRET_SESSION_KEY = "incidents.mfa.enrol_secret"  # noqa: S105 - a session key name, not a secret
 
 
 @require_http_methods(["GET", "POST"])

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import HttpResponse
-from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -60,9 +60,9 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "overdue": reminders.is_overdue(incident),
         "next_update_form": NextUpdateDueForm(initial={"minutes": team.update_interval_minutes}),
         "update_interval": team.update_interval_minutes,
-        "break_glass_reviews": selectors.break_glass_queue(request.user).filter(
-            Q(revision__draft__incident=incident) | Q(revision__publications__incident=incident)
-        ).distinct(),
+        "break_glass_reviews": selectors.break_glass_queue(request.user)
+        .filter(Q(revision__draft__incident=incident) | Q(revision__publications__incident=incident))
+        .distinct(),
     }
     return render(request, "incidents/incident_detail.html", context)
 

@@ -37,7 +37,10 @@ def _incident_state(draft: Draft) -> dict[str, str]:
 
 def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
     revisions = list(
-        draft.revisions.select_related("review", "review__reviewer", "review__post_review__reviewer", "submitted_by").order_by("number"))
+        draft.revisions.select_related(
+            "review", "review__reviewer", "review__post_review__reviewer", "submitted_by"
+        ).order_by("number")
+    )
     revision = revisions[-1] if revisions else None
     previous = revisions[-2] if len(revisions) > 1 else None
     fields = revision.fields if revision else {}

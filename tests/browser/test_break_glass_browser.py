@@ -18,7 +18,12 @@ from .pagecheck import WIDTHS, Findings, inspecting_context, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-FIELDS = {"title": "Login failures", "severity": "major", "description": "Some sign-ins fail.", "stage": "investigating"}
+FIELDS = {
+    "title": "Login failures",
+    "severity": "major",
+    "description": "Some sign-ins fail.",
+    "stage": "investigating",
+}
 
 
 def code_for(secret: str, steps_ahead: int = 0) -> str:
@@ -26,8 +31,9 @@ def code_for(secret: str, steps_ahead: int = 0) -> str:
     return format_hotp_value(hotp_value(secret, int(time.time()) // 30 + steps_ahead))
 
 
-def inspect_at_both_widths(browser, findings: Findings, base: str, username: str, password: str, path: str, name: str,
-                           prepare=None) -> None:
+def inspect_at_both_widths(
+    browser, findings: Findings, base: str, username: str, password: str, path: str, name: str, prepare=None
+) -> None:
     for width in WIDTHS:
         context = inspecting_context(browser, width)
         page = context.new_page()
@@ -66,8 +72,9 @@ def test_an_approver_enrols_breaks_the_glass_and_another_reviews_it_after_the_fa
         p.click("#break-glass summary")
         expect(p.locator("#id_reason")).to_be_visible()
 
-    inspect_at_both_widths(browser, findings, base, "approver", password, review_path, "review-break-glass-form",
-                           open_break_glass)
+    inspect_at_both_widths(
+        browser, findings, base, "approver", password, review_path, "review-break-glass-form", open_break_glass
+    )
 
     page.goto(base + review_path)
     expect(page.locator("#own-revision")).to_be_visible()
