@@ -286,18 +286,19 @@ def public_page_url(incident: Incident | None) -> str:
 
 
 # --- Break-glass and reminders (issue 12 §4, §5) -------------------------------------------------------------
+def break_glass_reviews(user) -> QuerySet[Review]:
+    """Every break-glass decision in the user's teams, oldest first, with its post-review if there is one."""
+    return (
+        Review.objects.filter(decision=ReviewDecision.BREAK_GLASS, revision__draft__team_id__in=access.team_ids(user))
+        .select_related("reviewer", "revision__draft__service", "post_review__reviewer")
+        .order_by("created_at", "pk")
+    )
+
+
 def break_glass_queue(user) -> QuerySet[Review]:
     """Break-glass publications of the user's teams that nobody has reviewed after the fact yet: red on the
     dashboard until another approver does."""
-    return (
-        Review.objects.filter(
-            decision=ReviewDecision.BREAK_GLASS,
-            post_review__isnull=True,
-            revision__draft__team_id__in=access.team_ids(user),
-        )
-        .select_related("reviewer", "revision__draft__service")
-        .order_by("created_at", "pk")
-    )
+    return break_glass_reviews(user).filter(post_review__isnull=True)
 
 
 def overdue_incidents(user) -> QuerySet[Incident]:

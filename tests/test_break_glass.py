@@ -26,6 +26,8 @@ from incidents.models import (
     ReviewDecision,
 )
 
+from .factories import IncidentFactory
+
 pytestmark = pytest.mark.django_db
 
 FIELDS = {"title": "API errors", "severity": "major", "description": "Elevated 5xx on /v1.", "stage": "investigating"}
@@ -307,3 +309,51 @@ def test_the_deploy_check_warns_when_mfa_is_not_required():
         assert "isdown.W004" in {m.id for m in run_checks(include_deployment_checks=True, tags=None)}
     with override_settings(MFA_REQUIRED_FOR_APPROVERS=True):
         assert "isdown.W004" not in {m.id for m in run_checks(include_deployment_checks=True, tags=None)}
+
+
+# --- Marked everywhere --------------------------------------------------------------------------------------------
+def test_a_break_glass_update_is_marked_on_the_incident_draft_review_and_dashboard(
+    approver, approver2, api_service, as_user, no_broker
+):
+    incident = IncidentFactory(service=api_service, remote_id="inc-bg", title="API errors")
+    draft = workflow.create(
+        user=approver,
+        service=api_service,
+        kind=DraftKind.UPDATE,
+        incident=incident,
+        fields={"title": "", "severity": "", "description": "Fixed.", "stage": "monitoring"},
+    )
+    revision = workflow.submit(draft_id=draft.pk, user=approver)
+    now = timezone.now()
+    enrolled(approver, now - timedelta(minutes=5))
+    review = break_glass(revision, approver, code=code_at(now), now=now).review
+    client = as_user(approver2)
+    pages = {
+        "incident": client.get(reverse("incidents:incident_detail", kwargs={"pk": incident.pk})),
+        "draft": client.get(reverse("incidents:draft_detail", kwargs={"pk": draft.pk})),
+        "review": client.get(reverse("incidents:draft_review", kwargs={"pk": draft.pk})),
+        "dashboard": client.get(reverse("incidents:dashboard")),
+    }
+    for name, response in pages.items():
+        assert "break-glass-box" in response.content.decode(), name
+    assert 'id="post-review-form"' in pages["review"].content.decode()
+    assert f'id="break-glass-flag-{review.pk}"' in pages["incident"].content.decode()
+    audit_page = client.get(reverse("incidents:audit_log")).content.decode()
+    assert "Published without review (break-glass)" in audit_page
+    # Once reviewed after the fact: off the dashboard, still marked on the incident.
+    workflow.post_review(review_id=review.pk, user=approver2)
+    assert 'id="banner-break-glass"' not in client.get(reverse("incidents:dashboard")).content.decode()
+    incident_page = client.get(reverse("incidents:incident_detail", kwargs={"pk": incident.pk})).content.decode()
+    assert "reviewed it after the fact" in incident_page
+
+
+# --- Recovery codes ----------------------------------------------------------------------------------------------
+def test_a_recovery_code_replaces_a_lost_app_once(approver):
+    codes = enrolled(approver).recovery_codes
+    with pytest.raises(mfa.MfaError, match="not one of yours"):
+        mfa.replace_with_recovery_code(user=approver, code="00000000")
+    assert mfa.has_totp(approver)
+    mfa.replace_with_recovery_code(user=approver, code=codes[0])
+    assert not mfa.has_totp(approver)
+    assert codes[0] not in mfa.recovery_codes(approver) and len(mfa.recovery_codes(approver)) == 9
+    assert "mfa.replaced" in actions()

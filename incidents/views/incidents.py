@@ -60,7 +60,7 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "overdue": reminders.is_overdue(incident),
         "next_update_form": NextUpdateDueForm(initial={"minutes": team.update_interval_minutes}),
         "update_interval": team.update_interval_minutes,
-        "break_glass_reviews": selectors.break_glass_queue(request.user)
+        "break_glass_reviews": selectors.break_glass_reviews(request.user)
         .filter(Q(revision__draft__incident=incident) | Q(revision__publications__incident=incident))
         .distinct(),
     }
