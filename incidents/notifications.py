@@ -189,9 +189,9 @@ def break_glass_published(review: Review) -> Notification | None:
 
 def update_overdue(incident: Incident, *, due_at_text: str, team: Team) -> Notification | None:
     authors = get_user_model().objects.filter(
-        pk__in=Draft.objects.filter(
-            Q(incident=incident) | Q(publications__remote_id=incident.remote_id or "-")
-        ).values("author")
+        pk__in=Draft.objects.filter(Q(incident=incident) | Q(publications__remote_id=incident.remote_id or "-")).values(
+            "author"
+        )
     )
     return queue(
         kind="update_overdue",

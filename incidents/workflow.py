@@ -9,6 +9,7 @@ error and changes nothing.
       └───withdraw──────┘   └──reject──▶ rejected
     draft / changes_requested ──discard──▶ discarded
     failed (IsDown refused it for good) ──reopen──▶ draft   (publishing.edit_and_resubmit supersedes the refused one)
+    in_review ──break-glass (an approver's own revision, reason + fresh TOTP)──▶ approved ──▶ …, then post-review
 
 Submit freezes the draft into a Revision holding one exact request per target (``draft_requests``) and one
 SHA-256 over them; approve binds the review to the hash the reviewer saw and writes one Publication per
