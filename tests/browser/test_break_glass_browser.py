@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 
 import pytest
 from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
+from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from incidents import workflow
-from incidents.models import BreakGlassPostReview, DraftKind, Review, ReviewDecision
+from incidents.models import AuditEvent, BreakGlassPostReview, DraftKind, Review, ReviewDecision
+from tests.factories import IncidentFactory
 
 from .pagecheck import WIDTHS, Findings, inspecting_context, sign_in
 
@@ -100,6 +103,9 @@ def test_an_approver_enrols_breaks_the_glass_and_another_reviews_it_after_the_fa
     # The one who broke the glass cannot review it; approver2 can.
     page.goto(base + review_path)
     expect(page.locator("#post-review-waiting")).to_be_visible()
+    inspect_at_both_widths(
+        browser, findings, base, "approver2", password, review_path, "review-break-glass-post-review"
+    )
     other = browser.new_context().new_page()
     sign_in(other, base, "approver2", password)
     expect(other.locator("#banner-break-glass")).to_be_visible()
@@ -111,5 +117,33 @@ def test_an_approver_enrols_breaks_the_glass_and_another_reviews_it_after_the_fa
     other.goto(base + "/")
     expect(other.locator("#banner-break-glass")).to_have_count(0)
 
+    assert csp_violations == []
+    findings.assert_clean()
+
+
+def test_an_overdue_update_shows_on_the_incident_page_and_the_dashboard(
+    live_server, browser, responder, api_service, password, csp_violations, page: Page
+):
+    base, findings = live_server.url, Findings()
+    incident = IncidentFactory(
+        service=api_service,
+        remote_id="inc-late",
+        title="Checkout errors",
+        next_update_due_at=timezone.now() - timedelta(minutes=7),
+    )
+    path = f"/incidents/{incident.pk}/"
+    inspect_at_both_widths(browser, findings, base, "responder", password, path, "incident-update-overdue")
+    inspect_at_both_widths(browser, findings, base, "responder", password, "/", "dashboard-update-overdue")
+
+    sign_in(page, base, "responder", password)
+    expect(page.locator("#banner-overdue")).to_contain_text("Checkout errors")
+    page.click("#banner-overdue a")
+    expect(page.locator("#overdue-flag")).to_contain_text("Update overdue")
+    # The responder gives the team 20 more minutes: no longer overdue, and it is audited.
+    page.fill("#id_minutes", "20")
+    page.click("#next-update button[type=submit]")
+    expect(page.locator("#overdue-flag")).to_have_count(0)
+    expect(page.locator("#next-update")).not_to_contain_text("overdue")
+    assert AuditEvent.objects.filter(action="incident.next_update_due_set", actor_id=responder.pk).exists()
     assert csp_violations == []
     findings.assert_clean()
