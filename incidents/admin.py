@@ -136,3 +136,19 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# --- allauth (issue 12 §4) -------------------------------------------------------------------------------------
+# allauth.mfa and allauth.account (installed for the authenticator model) register admins of their own: the first
+# shows TOTP secrets and recovery-code seeds, and neither would be audited. Authenticators are managed by their owner
+# on the account page (incidents/mfa.py), never from the admin.
+def _unregister_allauth() -> None:
+    from allauth.account.models import EmailAddress
+    from allauth.mfa.models import Authenticator
+
+    for model in (EmailAddress, Authenticator):
+        if admin.site.is_registered(model):
+            admin.site.unregister(model)
+
+
+_unregister_allauth()

@@ -43,6 +43,7 @@ KINDS: dict[str, str] = {
     "incident": "Incidents",
     "notification": "Emails",
     "auth": "Sign-ins",
+    "mfa": "Two-factor authentication",
     "user": "Users",
     "group": "Groups",
     "team": "Teams",
@@ -176,3 +177,14 @@ register("audit.exported", "Audit log exported")
 register("audit.verified", "Audit chain verified")
 register("sandbox.fault_added", "Sandbox fault queued")
 register("sandbox.faults_cleared", "Sandbox faults cleared")
+
+# Break-glass and reminders (issue 12 §4, §5): workflow.py, mfa.py, reminders.py
+register("review.break_glass", "Published without review (break-glass)")
+register("review.post_reviewed", "Break-glass publication reviewed after the fact")
+register("review.escalated", "Review escalated to every approver")
+register("mfa.enrolled", "Authenticator app enrolled")
+register("mfa.code_refused", "Authenticator code refused")
+register("mfa.code_accepted", "Authenticator code accepted")
+register("mfa.replaced", "Authenticator app replaced with a recovery code")
+register("incident.next_update_due_set", "Next update due time changed")
+register("incident.update_overdue", "Update overdue: authors and approvers emailed")

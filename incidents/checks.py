@@ -50,6 +50,14 @@ def production_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         )
     if not settings.ISDOWN_API_URL.startswith("https://"):
         problems.append(Warning("ISDOWN_API_URL is not https.", hint="Use https://isdown.app.", id="isdown.W002"))
+    if not settings.MFA_REQUIRED_FOR_APPROVERS:
+        problems.append(
+            Warning(
+                "Approvers may approve without an authenticator app (MFA_REQUIRED_FOR_APPROVERS is off).",
+                hint="Set MFA_REQUIRED_FOR_APPROVERS=1: each approver then enrols an authenticator before approving.",
+                id="isdown.W004",
+            )
+        )
     return problems
 
 

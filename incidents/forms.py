@@ -184,7 +184,8 @@ DRAFT_FIELD_LABELS = {name: DraftForm.base_fields[name].label for name in DRAFT_
 
 
 class ReviewForm(forms.Form):
-    decision = forms.ChoiceField(choices=ReviewDecision.choices)
+    # Break-glass is not a review decision one takes on someone else's revision: it has a form of its own.
+    decision = forms.ChoiceField(choices=[c for c in ReviewDecision.choices if c[0] != ReviewDecision.BREAK_GLASS])
     revision = forms.IntegerField(widget=forms.HiddenInput, min_value=1, max_value=ID_MAX)
     # The SHA-256 the reviewer was shown: an approval binds to it.
     sha256 = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
@@ -384,3 +385,49 @@ def return_path(request: HtmxHttpRequest) -> str:
     """Where a publication's action forms send the user back: this page, or, when htmx asks for a fragment,
     the page that holds it (its validated ``next``)."""
     return next_path(request) if request.htmx else request.get_full_path()
+
+
+# --- Break-glass and reminders (issue 12 §4, §5) -------------------------------------------------------------
+TOTP_CODE_FIELD = {
+    "label": "Code from your authenticator app",
+    "max_length": 12,
+    "widget": forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric", "size": 8}),
+}
+
+
+class BreakGlassForm(forms.Form):
+    revision = forms.IntegerField(widget=forms.HiddenInput, min_value=1, max_value=ID_MAX)
+    sha256 = forms.CharField(widget=forms.HiddenInput, max_length=64)
+    reason = forms.CharField(
+        label="Why this cannot wait for a second approver",
+        max_length=COMMENT_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        error_messages={"required": "Write why this cannot wait for a second approver."},
+    )
+    code = forms.CharField(**TOTP_CODE_FIELD, error_messages={"required": "Type the code your app shows now."})
+
+
+class PostReviewForm(forms.Form):
+    comment = forms.CharField(
+        label="Comment (optional)",
+        max_length=COMMENT_MAX_LENGTH,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+    )
+
+
+class MfaEnrolForm(forms.Form):
+    code = forms.CharField(**TOTP_CODE_FIELD, error_messages={"required": "Type the code your app shows now."})
+
+
+class MfaRecoveryForm(forms.Form):
+    recovery_code = forms.CharField(label="A recovery code", max_length=20)
+
+
+class NextUpdateDueForm(forms.Form):
+    minutes = forms.IntegerField(
+        label="Next update due in (minutes)",
+        min_value=1,
+        max_value=24 * 60,
+        error_messages={"min_value": "At least 1 minute.", "max_value": "At most 24 hours (1440 minutes)."},
+    )

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex, OpClass
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Upper
@@ -43,9 +44,25 @@ DESCRIPTION_MAX_LENGTH = 10_000
 COMMENT_MAX_LENGTH = 2_000
 
 
+DEFAULT_UPDATE_INTERVAL_MINUTES = 30
+DEFAULT_REVIEW_ESCALATION_MINUTES = 10
+
+
 class Team(models.Model):
     name = models.CharField(max_length=100, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Reminders (issue 12 §5): an open incident's next update is due this long after the last approved one, and a
+    # revision waiting this long for review is escalated to every approver of the team.
+    update_interval_minutes = models.PositiveIntegerField(
+        default=DEFAULT_UPDATE_INTERVAL_MINUTES,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 60)],
+        help_text="Minutes after an approved change before an open incident's next update is due.",
+    )
+    review_escalation_minutes = models.PositiveIntegerField(
+        default=DEFAULT_REVIEW_ESCALATION_MINUTES,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 60)],
+        help_text="Minutes a revision may wait for review before every approver of the team is emailed.",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -112,6 +129,9 @@ class Incident(models.Model):
     # The time of the latest local or remote activity: the incident list sorts by it.
     last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
     remote_payload = models.JSONField(null=True, blank=True)
+    # When the public expects the next update (issue 12 §5): set on each approval to the team's interval, adjustable
+    # by the team (reminders.py); empty until the first reminder check sets it from the team's default.
+    next_update_due_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-last_activity_at", "-id"]
@@ -304,6 +324,13 @@ class ReviewDecision(models.TextChoices):
     APPROVE = "approve", "Approved"
     REQUEST_CHANGES = "request_changes", "Changes requested"
     REJECT = "reject", "Rejected"
+    # An approver published their own revision without a second approver (issue 12 §4): the one exception to four
+    # eyes the database allows, with a reason and the hash; a post-review by someone else must follow.
+    BREAK_GLASS = "break_glass", "Published without review (break-glass)"
+
+
+# The decisions that publish: each binds the hash its reviewer saw.
+PUBLISHING_DECISIONS = (ReviewDecision.APPROVE, ReviewDecision.BREAK_GLASS)
 
 
 class Review(models.Model):
@@ -327,11 +354,17 @@ class Review(models.Model):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=~Q(decision="approve") | ~Q(sha256=""), name="review_approval_binds_hash"),
             models.CheckConstraint(
-                condition=~Q(reviewer=F("revision_author")) & ~Q(reviewer=F("revision_last_editor")),
+                condition=~Q(decision__in=["approve", "break_glass"]) | ~Q(sha256=""), name="review_approval_binds_hash"
+            ),
+            # Break-glass is the only decision its revision's own author or editor may take (with a reason, below).
+            models.CheckConstraint(
+                condition=Q(decision="break_glass")
+                | (~Q(reviewer=F("revision_author")) & ~Q(reviewer=F("revision_last_editor"))),
                 name="review_four_eyes",
             ),
+            # Target of BreakGlassPostReview's composite foreign key: the post-review names who broke the glass.
+            models.UniqueConstraint(fields=["id", "reviewer"], name="review_id_reviewer"),
             models.CheckConstraint(condition=Q(decision__in=ReviewDecision.values), name="review_decision_valid"),
             models.CheckConstraint(
                 condition=Q(decision="approve") | ~Q(comment=""), name="review_comment_required_unless_approve"
@@ -340,6 +373,10 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_decision_display()} revision {self.revision_id}"
+
+    @property
+    def is_break_glass(self) -> bool:
+        return self.decision == ReviewDecision.BREAK_GLASS
 
 
 class PublicationState(models.TextChoices):
@@ -686,3 +723,54 @@ class AcceptedWarning(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule} accepted on revision {self.revision_id}"
+
+
+# --- Break-glass and reminders (issue 12 §4, §5) -------------------------------------------------------------
+class BreakGlassPostReview(models.Model):
+    """The after-the-fact review of a break-glass publication, by an approver who is not the one who broke the glass.
+
+    ``break_glass_by`` copies the break-glass review's reviewer; a composite foreign key (migration 0010) makes sure
+    the copy is true, and a CHECK refuses a post-review by that same user. Until one exists, the publication stays
+    red on the dashboard. Only workflow.py writes it.
+    """
+
+    review = models.OneToOneField(Review, on_delete=models.PROTECT, related_name="post_review")
+    break_glass_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    comment = models.TextField(blank=True, max_length=COMMENT_MAX_LENGTH)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(reviewer=F("break_glass_by")), name="break_glass_post_review_by_someone_else"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Post-review of break-glass review {self.review_id}"
+
+
+class UpdateReminder(models.Model):
+    """An overdue update was told (authors and approvers emailed): at most one per incident and due time."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.PROTECT, related_name="update_reminders")
+    due_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-due_at"]
+        constraints = [models.UniqueConstraint(fields=["incident", "due_at"], name="update_reminder_once_per_due")]
+
+    def __str__(self) -> str:
+        return f"Update of incident {self.incident_id} overdue since {self.due_at:%Y-%m-%d %H:%M}"
+
+
+class ReviewEscalation(models.Model):
+    """A revision that waited too long for review was escalated to every approver of its team: once per revision."""
+
+    revision = models.OneToOneField(Revision, on_delete=models.PROTECT, related_name="escalation")
+    created_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"Escalation of revision {self.revision_id}"

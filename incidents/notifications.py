@@ -10,7 +10,10 @@ dies after sending and before recording sends that email again.
 Who hears what:
 - a submitted revision: the team's approvers other than its author and last editor;
 - a review decision: the draft's author;
-- a publication that failed, needs attention or was duplicated: the team's approvers and the draft's author.
+- a publication that failed, needs attention or was duplicated: the team's approvers and the draft's author;
+- a break-glass publication: every other approver of the team, at once;
+- an incident whose next update is overdue: the authors of its drafts and the team's approvers;
+- a revision waiting too long for review: every approver of the team.
 """
 
 from __future__ import annotations
@@ -30,7 +33,18 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import audit, enqueue
-from .models import Notification, NotificationState, Publication, PublicationState, Review, Revision, Role, Team
+from .models import (
+    Draft,
+    Incident,
+    Notification,
+    NotificationState,
+    Publication,
+    PublicationState,
+    Review,
+    Revision,
+    Role,
+    Team,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +164,64 @@ def publication_needs_human(publication: Publication, *, reason: str) -> Notific
         subject=f"[isdown-admin] {label}: {draft.title or draft.get_kind_display()} ({publication.service.name})",
         body=body,
         target=publication,
+    )
+
+
+# --- Break-glass and reminders (issue 12 §4, §5) ------------------------------------------------------------
+def break_glass_published(review: Review) -> Notification | None:
+    """Every other approver hears at once that a revision was published without a second approver."""
+    draft = review.revision.draft
+    return queue(
+        kind="break_glass",
+        team=draft.team,
+        users=team_approvers(draft.team).exclude(pk=review.reviewer_id),
+        subject=f"[isdown-admin] BREAK-GLASS: {review.reviewer.get_username()} published "
+        f"{draft.title or draft.get_kind_display()} without review ({draft.service.name})",
+        body=(
+            f"{review.reviewer.get_username()} published revision {review.revision.number} of draft #{draft.pk} "
+            f"({draft.service.name}, {draft.team.name}) without a second approver (break-glass), after an "
+            f"authenticator check.\n\nTheir reason:\n{review.comment}\n\n"
+            f"It must be reviewed after the fact by another approver: {_link('incidents:draft_review', pk=draft.pk)}\n"
+        ),
+        target=draft,
+    )
+
+
+def update_overdue(incident: Incident, *, due_at_text: str, team: Team) -> Notification | None:
+    authors = get_user_model().objects.filter(
+        pk__in=Draft.objects.filter(Q(incident=incident) | Q(publications__remote_id=incident.remote_id or "-")).values(
+            "author"
+        )
+    )
+    return queue(
+        kind="update_overdue",
+        team=team,
+        users=[*team_approvers(team), *authors],
+        subject=f"[isdown-admin] Update overdue: {incident.title} ({incident.service.name})",
+        body=(
+            f"The next public update of “{incident.title}” ({incident.service.name}, {team.name}) was due at "
+            f"{due_at_text} and none has been approved since.\n\n"
+            f"Write one: {_link('incidents:update_new', pk=incident.pk)}\n"
+            f"The incident: {_link('incidents:incident_detail', pk=incident.pk)}\n"
+        ),
+        target=incident,
+    )
+
+
+def review_escalated(revision: Revision, *, waited_minutes: int) -> Notification | None:
+    draft = revision.draft
+    return queue(
+        kind="review_escalated",
+        team=draft.team,
+        users=team_approvers(draft.team),
+        subject=f"[isdown-admin] Still waiting for review: {draft.title or draft.get_kind_display()} "
+        f"({draft.service.name})",
+        body=(
+            f"Revision {revision.number} of draft #{draft.pk} ({draft.service.name}, {draft.team.name}) has waited "
+            f"{waited_minutes} minutes for a second approver.\n\n"
+            f"Review it: {_link('incidents:draft_review', pk=draft.pk)}\n"
+        ),
+        target=draft,
     )
 
 

@@ -17,9 +17,19 @@ from django.contrib.auth import get_user_model
 from django.db.models import Max, Q, QuerySet
 from django.urls import NoReverseMatch, reverse
 
-from . import access, notifications, publishing
+from . import access, notifications, publishing, reminders
 from .forms import NO_TEAM, PublicationActionForm
-from .models import REVIEWABLE_DRAFT_STATES, AuditEvent, Draft, Incident, Publication, PublicationState, Team
+from .models import (
+    REVIEWABLE_DRAFT_STATES,
+    AuditEvent,
+    Draft,
+    Incident,
+    Publication,
+    PublicationState,
+    Review,
+    ReviewDecision,
+    Team,
+)
 
 AUDIT_PAGE_SIZE = 50
 
@@ -273,3 +283,24 @@ def public_page_url(incident: Incident | None) -> str:
         except NoReverseMatch:
             return ""
     return ""
+
+
+# --- Break-glass and reminders (issue 12 §4, §5) -------------------------------------------------------------
+def break_glass_reviews(user) -> QuerySet[Review]:
+    """Every break-glass decision in the user's teams, oldest first, with its post-review if there is one."""
+    return (
+        Review.objects.filter(decision=ReviewDecision.BREAK_GLASS, revision__draft__team_id__in=access.team_ids(user))
+        .select_related("reviewer", "revision__draft__service", "post_review__reviewer")
+        .order_by("created_at", "pk")
+    )
+
+
+def break_glass_queue(user) -> QuerySet[Review]:
+    """Break-glass publications of the user's teams that nobody has reviewed after the fact yet: red on the
+    dashboard until another approver does."""
+    return break_glass_reviews(user).filter(post_review__isnull=True)
+
+
+def overdue_incidents(user) -> QuerySet[Incident]:
+    """The user's open incidents whose next public update is overdue (reminders.py sets and tells)."""
+    return reminders.overdue(access.incidents(user)).select_related("service").order_by("next_update_due_at", "pk")

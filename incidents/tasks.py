@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_shutdown
 from django.db import DatabaseError, InterfaceError
 
-from . import enqueue, isdown, notifications, publishing, sync
+from . import enqueue, isdown, notifications, publishing, reminders, sync
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +96,11 @@ def sync_open_incidents(self: Task[[], dict[str, int]]) -> dict[str, int]:
 def sync_incident(self: Task[[int], dict[str, int]], incident_id: int) -> dict[str, int]:
     report = sync.sync_incident(incident_id=incident_id, task_id=self.request.id or "")
     return {"synced": len(report.synced), "drifted": len(report.drifted), "missing": len(report.missing)}
+
+
+@shared_task(
+    name="incidents.tasks.check_reminders", bind=True, acks_late=True, ignore_result=True, **RETRY_ON_DATABASE_ERROR
+)
+def check_reminders(self: Task[[], dict[str, int]]) -> dict[str, int]:
+    """Overdue updates and reviews waiting too long (reminders.py): each told once, so a redelivery is harmless."""
+    return reminders.run()

@@ -9,6 +9,7 @@ error and changes nothing.
       └───withdraw──────┘   └──reject──▶ rejected
     draft / changes_requested ──discard──▶ discarded
     failed (IsDown refused it for good) ──reopen──▶ draft   (publishing.edit_and_resubmit supersedes the refused one)
+    in_review ──break-glass (an approver's own revision, reason + fresh TOTP)──▶ approved ──▶ …, then post-review
 
 Submit freezes the draft into a Revision holding one exact request per target (``draft_requests``) and one
 SHA-256 over them; approve binds the review to the hash the reviewer saw and writes one Publication per
@@ -18,18 +19,21 @@ request. After approval the draft follows its publications (``follow_publication
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import access, audit, enqueue, isdown, notifications
+from . import access, audit, enqueue, isdown, mfa, notifications
 from .models import (
     DRAFT_FIELDS,
     EDITABLE_DRAFT_STATES,
+    PUBLISHING_DECISIONS,
     PUBLISHING_DRAFT_STATES,
     REVIEWABLE_DRAFT_STATES,
+    BreakGlassPostReview,
     Draft,
     DraftKind,
     DraftState,
@@ -58,6 +62,10 @@ class NotAllowed(WorkflowError):
 
 class StaleRevision(WorkflowError):
     pass
+
+
+class MfaRequired(NotAllowed):
+    """The user must enrol an authenticator app first (views send them to the enrolment page)."""
 
 
 class ServiceChanged(WorkflowError):
@@ -370,53 +378,177 @@ def decide(
             raise NotAllowed(f"You cannot {verb} a draft you wrote or edited: someone else must review it.")
         if decision != ReviewDecision.APPROVE and not comment:
             raise NotAllowed("Say what needs to change: a comment is required.")
-        if decision == ReviewDecision.APPROVE and draft.incident_id is not None:
-            # Approvals of one incident take its row in turn, so their publications' ids (the order they are
-            # sent in) follow the order the approvals commit.
-            Incident.objects.select_for_update(no_key=True).filter(pk=draft.incident_id).first()
-        review = Review.objects.create(
+        if decision == ReviewDecision.APPROVE and mfa.missing_for_approval(reviewer, draft.team):
+            raise MfaRequired("Approvers must enrol an authenticator app before approving.")
+        result = _record_decision(
+            draft=draft,
             revision=revision,
             reviewer=reviewer,
-            revision_author_id=revision.author_id,
-            revision_last_editor_id=revision.last_editor_id,
-            revision_editors=revision.editors,
             decision=decision,
             comment=comment,
-            sha256=revision.sha256 if decision == ReviewDecision.APPROVE else "",
+            new_state=new_state,
+            action=action,
+            summary=f"{reviewer.get_username()} {past} revision {revision.number} of draft #{draft.pk}",
         )
-        old_state = draft.state
-        draft.state = new_state
-        draft.save(update_fields=["state", "updated_at"])
-        publications = []
-        if decision == ReviewDecision.APPROVE:
-            for request in revision.requests.order_by("position"):
-                publications.append(
-                    Publication.objects.create(
-                        revision=revision,
-                        request=request,
-                        draft=draft,
-                        team=draft.team,
-                        service=request.service,
-                        incident=draft.incident,
-                        target_remote_id=request.target_remote_id,
-                    )
+        notifications.revision_reviewed(result.review)
+    return result
+
+
+def _record_decision(
+    *,
+    draft: Draft,
+    revision: Revision,
+    reviewer,
+    decision: str,
+    comment: str,
+    new_state: str,
+    action: str,
+    summary: str,
+    changes: dict[str, Any] | None = None,
+) -> Decision:
+    """Write the review, move the draft, and for a publishing decision write one outbox row per request (sent after
+    commit) and restart the incident's next-update clock; audit it. Inside the caller's transaction, draft locked."""
+    publishes = decision in PUBLISHING_DECISIONS
+    if publishes and draft.incident_id is not None:
+        # Approvals of one incident take its row in turn, so their publications' ids (the order they are
+        # sent in) follow the order the approvals commit.
+        Incident.objects.select_for_update(no_key=True).filter(pk=draft.incident_id).first()
+    review = Review.objects.create(
+        revision=revision,
+        reviewer=reviewer,
+        revision_author_id=revision.author_id,
+        revision_last_editor_id=revision.last_editor_id,
+        revision_editors=revision.editors,
+        decision=decision,
+        comment=comment,
+        sha256=revision.sha256 if publishes else "",
+    )
+    old_state = draft.state
+    draft.state = new_state
+    draft.save(update_fields=["state", "updated_at"])
+    publications = []
+    if publishes:
+        for request in revision.requests.order_by("position"):
+            publications.append(
+                Publication.objects.create(
+                    revision=revision,
+                    request=request,
+                    draft=draft,
+                    team=draft.team,
+                    service=request.service,
+                    incident=draft.incident,
+                    target_remote_id=request.target_remote_id,
                 )
-        changes: dict[str, Any] = {**_state_change(old_state, new_state), "revision": [None, revision.number]}
+            )
+        if draft.incident_id is not None:
+            # An approved update answers the public's wait: the next one is due a team's interval from now.
+            due = timezone.now() + timedelta(minutes=draft.team.update_interval_minutes)
+            Incident.objects.filter(pk=draft.incident_id).update(next_update_due_at=due)
+    all_changes: dict[str, Any] = {
+        **_state_change(old_state, new_state),
+        "revision": [None, revision.number],
+        **(changes or {}),
+    }
+    if comment:
+        all_changes["comment"] = [None, comment]
+    if review.sha256:
+        all_changes["sha256"] = [None, review.sha256]
+    _audit(action, draft, reviewer, summary, all_changes)
+    for publication in publications:
+        enqueue.publication_on_commit(publication.pk)
+    return Decision(review=review, publications=publications)
+
+
+def break_glass(
+    *,
+    draft_id: int,
+    revision_id: int,
+    user,
+    sha256: str,
+    reason: str,
+    totp_code: str,
+    now: datetime | None = None,
+) -> Decision:
+    """Publish the revision in review without a second approver: only an approver of the team who wrote or edited it
+    (anyone else can simply approve), with a written reason and a TOTP code checked now (mfa.verify_fresh, audited
+    either way). The review is a ``break_glass`` decision binding ``sha256``, the one self-review the database
+    allows; every other approver is emailed at once, and the review waits for a post-review by someone else."""
+    reason = (reason or "").strip()
+    draft = Draft.objects.select_related("team").get(pk=draft_id)
+    access.require_role(user, draft.team, access.REVIEWING_ROLES, action="publish without review (break-glass)")
+    if not reason:
+        raise NotAllowed("Write why this cannot wait for a second approver: a reason is required.")
+    if not mfa.has_totp(user):
+        raise MfaRequired("Break-glass needs an authenticator app: enrol one first.")
+    # Cheap refusals first, so a code is not spent on a draft that cannot be published.
+    _require_state(draft, REVIEWABLE_DRAFT_STATES, "publish without review")
+    try:
+        mfa.verify_fresh(
+            user=user, code=totp_code, team=draft.team, purpose=f"break the glass on draft #{draft_id}", now=now
+        )
+    except mfa.MfaError as exc:
+        raise NotAllowed(str(exc)) from exc
+    with transaction.atomic():
+        draft = _locked(draft_id)
+        _require_state(draft, REVIEWABLE_DRAFT_STATES, "publish without review")
+        revision = latest_revision(draft)
+        if revision is None or revision.pk != revision_id:
+            raise StaleRevision("This revision is no longer the one in review; reload to see the current one.")
+        if sha256 != revision.sha256:
+            raise StaleRevision("The request you reviewed is not the one in review (its SHA-256 differs); reload.")
+        if user.pk not in revision.editors and user.pk not in (revision.author_id, revision.last_editor_id):
+            raise NotAllowed(
+                "You did not write or edit this draft: approve it instead. Break-glass is only for your own."
+            )
+        result = _record_decision(
+            draft=draft,
+            revision=revision,
+            reviewer=user,
+            decision=ReviewDecision.BREAK_GLASS,
+            comment=reason,
+            new_state=DraftState.APPROVED,
+            action="review.break_glass",
+            summary=f"{user.get_username()} published revision {revision.number} of draft #{draft.pk} without review "
+            "(break-glass)",
+            changes={"break_glass": [None, True]},
+        )
+        notifications.break_glass_published(result.review)
+    return result
+
+
+def post_review(*, review_id: int, user, comment: str = "") -> BreakGlassPostReview:
+    """Review a break-glass publication after the fact: an approver of the team other than the one who broke the
+    glass (the database refuses that one too). Takes it off the dashboard's red queue."""
+    comment = (comment or "").strip()
+    with transaction.atomic():
+        review = (
+            Review.objects.select_for_update(of=("self",))
+            .select_related("revision__draft__team", "reviewer")
+            .get(pk=review_id)
+        )
+        draft = review.revision.draft
+        access.require_role(user, draft.team, access.REVIEWING_ROLES, action="review a break-glass publication")
+        if review.decision != ReviewDecision.BREAK_GLASS:
+            raise InvalidTransition("Only a break-glass publication is reviewed after the fact.")
+        if review.reviewer_id == user.pk:
+            raise NotAllowed("You broke the glass on this one: another approver must review it.")
+        if BreakGlassPostReview.objects.filter(review=review).exists():
+            raise InvalidTransition("This break-glass publication has already been reviewed.")
+        post = BreakGlassPostReview.objects.create(
+            review=review, break_glass_by_id=review.reviewer_id, reviewer=user, comment=comment
+        )
+        changes: dict[str, Any] = {"break_glass_by": [None, review.reviewer.get_username()]}
         if comment:
             changes["comment"] = [None, comment]
-        if review.sha256:
-            changes["sha256"] = [None, review.sha256]
         _audit(
-            action,
+            "review.post_reviewed",
             draft,
-            reviewer,
-            f"{reviewer.get_username()} {past} revision {revision.number} of draft #{draft.pk}",
+            user,
+            f"{user.get_username()} reviewed the break-glass publication of revision {review.revision.number} of "
+            f"draft #{draft.pk} after the fact",
             changes,
         )
-        notifications.revision_reviewed(review)
-        for publication in publications:
-            enqueue.publication_on_commit(publication.pk)
-    return Decision(review=review, publications=publications)
+    return post
 
 
 def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: str = "") -> Decision:

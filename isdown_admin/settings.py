@@ -168,6 +168,10 @@ INSTALLED_APPS = [
     "template_partials",
     "csp",
     "axes",
+    # Break-glass MFA: allauth.mfa's Authenticator (TOTP, recovery codes); the app keeps its own login views and URLs
+    # (allauth's are not mounted). allauth.mfa's helpers import allauth.account's models, so that app is installed.
+    "allauth.account",
+    "allauth.mfa",
     "incidents",
     "sandbox",
 ]
@@ -183,6 +187,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "incidents.middleware.TimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Required by allauth.account (installed for allauth.mfa); with allauth's URLs not mounted it stays out of the way.
+    "allauth.account.middleware.AccountMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -368,6 +374,16 @@ PUBLISH_WATCH_WINDOWS = env_seconds_list("PUBLISH_WATCH_WINDOWS", PUBLISH_RECONC
 PUBLISH_CHECK_PATIENCE = env_float("PUBLISH_CHECK_PATIENCE", 1800.0, minimum=0.0)
 SWEEP_INTERVAL = env_float("SWEEP_INTERVAL", 15.0, minimum=0.1)
 SYNC_INTERVAL = env_float("SYNC_INTERVAL", 60.0, minimum=1.0)
+# Reminders (issue 12 §5): how often beat looks for overdue updates and reviews waiting too long.
+REMINDER_INTERVAL = env_float("REMINDER_INTERVAL", 60.0, minimum=1.0)
+
+# Break-glass MFA (issue 12 §4): allauth.mfa's TOTP and recovery codes, checked by incidents/mfa.py. When on, an
+# approver without an authenticator app is sent to enrol before approving (check --deploy warns when it is off).
+MFA_REQUIRED_FOR_APPROVERS = env_bool("MFA_REQUIRED_FOR_APPROVERS", False)
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = env_str("MFA_TOTP_ISSUER", "isdown-admin")
+# One 30-second step either side: a phone's clock a little off still works; an older code never does.
+MFA_TOTP_TOLERANCE = 1
 SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 4, minimum=1)
 # Redis redelivers an unacknowledged message after this many seconds; every delay stays below it.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
@@ -414,6 +430,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-publications": {"task": "incidents.tasks.sweep", "schedule": SWEEP_INTERVAL},
     "deliver-notifications": {"task": "incidents.tasks.deliver_notifications", "schedule": max(SWEEP_INTERVAL, 5.0)},
     "sync-open-incidents": {"task": "incidents.tasks.sync_open_incidents", "schedule": SYNC_INTERVAL},
+    "check-reminders": {"task": "incidents.tasks.check_reminders", "schedule": REMINDER_INTERVAL},
 }
 
 # Error pages and error emails never show secrets or *_URL values (they carry passwords).

@@ -61,6 +61,9 @@ def test_memberships_edited_inline_on_a_team_are_audited(as_user, staff, platfor
         f"/admin/incidents/team/{platform.pk}/change/",
         {
             "name": "Platform",
+            # The team's reminder settings (issue 12 §5), as the form shows them.
+            "update_interval_minutes": "30",
+            "review_escalation_minutes": "10",
             "memberships-TOTAL_FORMS": "2",
             "memberships-INITIAL_FORMS": "1",
             "memberships-MIN_NUM_FORMS": "0",

@@ -180,6 +180,16 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "incidents:template_new": team_object(responder=REFUSED, approver=(200, 422), auditor=REFUSED),
     "incidents:template_edit": team_object(responder=REFUSED, approver=(200, 422), auditor=REFUSED),
     "incidents:template_delete": team_object(responder=(405, 403), approver=(405, REDIRECT), auditor=(405, 403)),
+    # Break-glass (issue 12 §4): approvers only; an empty POST fails validation. The post-review of a draft with no
+    # break-glass publication sends the approver back to the review page with a message.
+    "incidents:draft_break_glass": team_object(responder=(405, 403), approver=(405, 422), auditor=(405, 403)),
+    "incidents:draft_post_review": team_object(responder=(405, 403), approver=(405, REDIRECT), auditor=(405, 403)),
+    # Everyone may enrol an authenticator app; an empty POST is an invalid code.
+    "incidents:mfa_setup": same((200, 422)),
+    # Reminders (issue 12 §5): whoever drafts moves the next update (an empty POST: back with a message).
+    "incidents:incident_next_update_due": team_object(
+        responder=(405, REDIRECT), approver=(405, REDIRECT), auditor=(405, 403)
+    ),
     # Auditors and approvers read their team's log; staff the team-less events; responders nothing.
     "incidents:audit_log": same((200, 405), outsider=(403, 405), responder=(403, 405)),
     "incidents:audit_export_csv": same((200, 405), outsider=(403, 405), responder=(403, 405)),
@@ -302,6 +312,9 @@ def kwargs_for(route: Route, world: dict[str, Any]) -> dict[str, str]:
         "incidents:template_new": {"team_pk": world["service"].team_id},
         "incidents:template_edit": {"team_pk": world["service"].team_id, "pk": world["template"].pk},
         "incidents:template_delete": {"team_pk": world["service"].team_id, "pk": world["template"].pk},
+        "incidents:draft_break_glass": {"pk": world["draft"].pk},
+        "incidents:draft_post_review": {"pk": world["draft"].pk},
+        "incidents:incident_next_update_due": {"pk": world["incident"].pk},
         "sandbox:status": {"service_id": world["service"].isdown_service_id},
         "sandbox:api_incident": {"incident_id": "1"},
         "sandbox:api_unknown": {"rest": "v2/unknown"},

@@ -119,6 +119,7 @@ def test_the_documented_production_config_passes_every_deploy_check(transactiona
     [
         ({"DEBUG": "1"}, "security.W018"),
         ({"EMAIL_URL": "console://"}, "isdown.W001"),
+        ({"MFA_REQUIRED_FOR_APPROVERS": "0"}, "isdown.W004"),
         ({"DATABASE_URL": "owner"}, "isdown.E004"),
         ({"DATABASE_URL": "superuser"}, "isdown.E004"),
         ({"SECURE_HSTS_SECONDS": "0"}, "security.W004"),

@@ -46,5 +46,8 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         "publishing": publishing,
         "open_incidents": access.incidents(user).filter(resolved=False).order_by("-last_activity_at")[:PANEL_LIMIT],
         "can_draft": bool(access.team_ids(user, access.DRAFTING_ROLES)),
+        # Issue 12: break-glass publications nobody else has reviewed yet (red), and overdue updates.
+        "break_glass": selectors.break_glass_queue(user)[:PANEL_LIMIT],
+        "overdue_incidents": selectors.overdue_incidents(user)[:PANEL_LIMIT],
     }
     return render(request, "incidents/dashboard.html", context)

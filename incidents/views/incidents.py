@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
-from .. import access, selectors
-from ..forms import IncidentFilterForm, return_path
+from .. import access, reminders, selectors
+from ..forms import IncidentFilterForm, NextUpdateDueForm, return_path
 from ..http import HtmxHttpRequest
 from ..models import PENDING_DRAFT_STATES
 
@@ -64,5 +65,33 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "history": selectors.incident_history(request.user, incident),
         "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
         "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
+        "overdue": reminders.is_overdue(incident),
+        "next_update_form": NextUpdateDueForm(initial={"minutes": team.update_interval_minutes}),
+        "update_interval": team.update_interval_minutes,
+        "break_glass_reviews": selectors.break_glass_reviews(request.user)
+        .filter(Q(revision__draft__incident=incident) | Q(revision__publications__incident=incident))
+        .distinct(),
     }
     return render(request, "incidents/incident_detail.html", context)
+
+
+@require_POST
+def incident_next_update_due(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Move when the incident's next public update is due (issue 12 §5): a responder or approver of its team."""
+    incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
+    access.require_role(request.user, incident.service.team, access.DRAFTING_ROLES, action="change the next update")
+    form = NextUpdateDueForm(request.POST)
+    if form.is_valid():
+        try:
+            reminders.set_next_update_due(
+                incident_id=incident.pk,
+                user=request.user,  # type: ignore[arg-type]
+                minutes=form.cleaned_data["minutes"],
+            )
+        except reminders.ReminderError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"The next update is now due in {form.cleaned_data['minutes']} minutes.")
+    else:
+        messages.error(request, " ".join(e for errors in form.errors.values() for e in errors))
+    return redirect("incidents:incident_detail", pk=incident.pk)

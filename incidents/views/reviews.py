@@ -9,12 +9,12 @@ from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import access, public_text, selectors, workflow
+from .. import access, mfa, public_text, selectors, workflow
 from ..diffs import diff_fields
-from ..forms import DRAFT_FIELD_LABELS, AcceptWarningForm, ReviewForm
+from ..forms import DRAFT_FIELD_LABELS, AcceptWarningForm, BreakGlassForm, PostReviewForm, ReviewForm
 from ..http import HtmxHttpRequest
 from ..models import (
     DRAFT_FIELDS,
@@ -22,6 +22,7 @@ from ..models import (
     Draft,
     DraftKind,
     PublicationState,
+    Review,
     ReviewDecision,
     Severity,
     Stage,
@@ -35,7 +36,11 @@ def _incident_state(draft: Draft) -> dict[str, str]:
 
 
 def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
-    revisions = list(draft.revisions.select_related("review", "review__reviewer", "submitted_by").order_by("number"))
+    revisions = list(
+        draft.revisions.select_related(
+            "review", "review__reviewer", "review__post_review__reviewer", "submitted_by"
+        ).order_by("number")
+    )
     revision = revisions[-1] if revisions else None
     previous = revisions[-2] if len(revisions) > 1 else None
     fields = revision.fields if revision else {}
@@ -69,6 +74,12 @@ def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
         # Only to say why no form is shown: workflow.decide refuses any editor (four eyes over every editor).
         "own_revision": revision is not None and request.user.pk in revision.editors,
         "decisions": ReviewDecision,
+        # Break-glass (issue 12 §4): an approver's own revision, when nobody else answers.
+        "break_glass_form": BreakGlassForm(
+            initial={"revision": getattr(revision, "pk", None), "sha256": getattr(revision, "sha256", "")}
+        ),
+        "has_totp": mfa.has_totp(request.user),  # type: ignore[arg-type]
+        "post_review_form": PostReviewForm(),
     }
     # The public-text lint of the revision as it will be sent; an approver who may decide may accept a warning.
     context["warnings"] = public_text.warnings_by_field(fields, public_text.accepted_by(revision))
@@ -106,6 +117,8 @@ def draft_review(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             comment=form.cleaned_data["comment"],
             sha256=form.cleaned_data["sha256"],
         )
+    except workflow.MfaRequired as exc:
+        return _to_enrolment(request, draft, str(exc))
     except workflow.WorkflowError as exc:
         # The decision panel no longer fits (someone decided first, a newer revision is in review): reload the
         # whole page, with the reason, rather than swap a stale panel.
@@ -147,3 +160,69 @@ def draft_accept_warning(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"Accepted the {form.cleaned_data['rule']} warning.")
     return redirect(url + "#lint-warnings")
+
+
+# --- Break-glass (issue 12 §4) ---------------------------------------------------------------------------------
+def _to_enrolment(request: HtmxHttpRequest, draft: Draft, reason: str) -> HttpResponse:
+    messages.warning(request, reason)
+    url = reverse("incidents:mfa_setup") + "?next=" + reverse("incidents:draft_review", kwargs={"pk": draft.pk})
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@require_POST
+def draft_break_glass(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Publish one's own revision without a second approver, with a reason and a fresh authenticator code."""
+    draft = access.get_scoped_or_404(access.drafts(request.user), pk=pk)
+    access.require_role(request.user, draft.team, access.REVIEWING_ROLES, action="publish without review")
+    form = BreakGlassForm(request.POST)
+    if not form.is_valid():
+        context = {**review_context(request, draft), "form": ReviewForm(), "break_glass_form": form}
+        return render(request, "incidents/review.html", context, status=422)
+    try:
+        workflow.break_glass(
+            draft_id=draft.pk,
+            revision_id=form.cleaned_data["revision"],
+            user=request.user,
+            sha256=form.cleaned_data["sha256"],
+            reason=form.cleaned_data["reason"],
+            totp_code=form.cleaned_data["code"],
+        )
+    except workflow.MfaRequired as exc:
+        return _to_enrolment(request, draft, str(exc))
+    except workflow.WorkflowError as exc:
+        form.add_error(None, str(exc))
+        context = {**review_context(request, draft), "form": ReviewForm(), "break_glass_form": form}
+        return render(request, "incidents/review.html", context, status=422)
+    messages.warning(
+        request,
+        "Published without review (break-glass). Every other approver has been emailed; another approver must "
+        "review it after the fact.",
+    )
+    return redirect("incidents:draft_detail", pk=draft.pk)
+
+
+@require_POST
+def draft_post_review(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Another approver reviews a break-glass publication after the fact."""
+    draft = access.get_scoped_or_404(access.drafts(request.user), pk=pk)
+    access.require_role(request.user, draft.team, access.REVIEWING_ROLES, action="review a break-glass publication")
+    form = PostReviewForm(request.POST)
+    review = (
+        Review.objects.filter(revision__draft=draft, decision=ReviewDecision.BREAK_GLASS, post_review__isnull=True)
+        .order_by("pk")
+        .first()
+    )
+    url = reverse("incidents:draft_review", kwargs={"pk": draft.pk})
+    if review is None:
+        messages.error(request, "This draft has no break-glass publication waiting for review.")
+        return redirect(url)
+    if not form.is_valid():
+        context = {**review_context(request, draft), "form": ReviewForm(), "post_review_form": form}
+        return render(request, "incidents/review.html", context, status=422)
+    try:
+        workflow.post_review(review_id=review.pk, user=request.user, comment=form.cleaned_data["comment"])
+    except workflow.WorkflowError as exc:
+        messages.error(request, str(exc))
+        return redirect(url)
+    messages.success(request, "Reviewed after the fact: it is off the break-glass queue.")
+    return redirect(url)

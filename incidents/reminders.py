@@ -1,0 +1,186 @@
+"""Reminders (issue 12 §5): an open incident's next update is due, and a revision must not wait forever for review.
+
+Each open incident has ``next_update_due_at``: an approved change (workflow.py) sets it to the team's
+``update_interval_minutes`` from then; a responder or approver of the team may move it (``set_next_update_due``,
+audited); an incident without one gets it from its last activity at the next check. ``run`` (beat, every
+``REMINDER_INTERVAL`` seconds) emails the authors of the incident's drafts and the team's approvers when that time
+has passed — once per due time (``UpdateReminder``, unique per incident and due time) — and escalates a revision
+waiting longer than the team's ``review_escalation_minutes`` to every approver of the team, once
+(``ReviewEscalation``). Both are audited. Every function takes ``now`` so time is a parameter, never a sleep.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.db.models import (
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.expressions import Combinable, CombinedExpression
+from django.utils import timezone
+
+from . import access, audit, notifications
+from .models import (
+    REVIEWABLE_DRAFT_STATES,
+    Draft,
+    Incident,
+    ReviewEscalation,
+    Revision,
+    Service,
+    UpdateReminder,
+)
+
+SYSTEM_REMINDERS = "system:reminders"
+
+
+class ReminderError(Exception):
+    """A refused change to a reminder; the message is for the person who clicked."""
+
+
+def overdue(incidents: QuerySet[Incident], *, now: datetime | None = None) -> QuerySet[Incident]:
+    """The open incidents among ``incidents`` whose next update is overdue."""
+    return incidents.filter(resolved=False, next_update_due_at__lte=now or timezone.now())
+
+
+def is_overdue(incident: Incident, *, now: datetime | None = None) -> bool:
+    due = incident.next_update_due_at
+    return not incident.resolved and due is not None and due <= (now or timezone.now())
+
+
+def set_next_update_due(*, incident_id: int, user: User, minutes: int, now: datetime | None = None) -> Incident:
+    """Move an open incident's next update to ``minutes`` from now (1 minute to 24 hours); audited."""
+    if not 1 <= minutes <= 24 * 60:
+        raise ReminderError("Choose between 1 minute and 24 hours (1440 minutes).")
+    now = now or timezone.now()
+    with transaction.atomic():
+        incident = Incident.objects.select_for_update(of=("self",)).select_related("service__team").get(pk=incident_id)
+        team = incident.service.team
+        access.require_role(user, team, access.DRAFTING_ROLES, action="change when the next update is due")
+        if incident.resolved:
+            raise ReminderError("This incident is resolved: no update is due.")
+        before = incident.next_update_due_at
+        incident.next_update_due_at = now + timedelta(minutes=minutes)
+        incident.save(update_fields=["next_update_due_at"])
+        audit.record(
+            "incident.next_update_due_set",
+            actor=user,
+            team=team,
+            target=incident,
+            summary=f"{user.get_username()} set the next update of “{incident.title}” due in {minutes} minutes",
+            changes={
+                "next_update_due_at": [before.isoformat() if before else None, incident.next_update_due_at.isoformat()]
+            },
+        )
+    return incident
+
+
+def _start_clocks(now: datetime) -> int:
+    """Give every open incident without a due time one: its last activity plus its team's interval."""
+    interval = Subquery(Service.objects.filter(pk=OuterRef("service_id")).values("team__update_interval_minutes")[:1])
+    return Incident.objects.filter(resolved=False, next_update_due_at__isnull=True).update(
+        next_update_due_at=ExpressionWrapper(F("last_activity_at") + _minutes(interval), output_field=DateTimeField())
+    )
+
+
+def _minutes(count: Combinable) -> ExpressionWrapper[CombinedExpression]:
+    """``count`` minutes, in SQL (an interval times an integer column)."""
+    return ExpressionWrapper(Value(timedelta(minutes=1)) * count, output_field=DurationField())
+
+
+def remind_overdue_updates(*, now: datetime | None = None) -> int:
+    """Email and audit each open incident whose next update is overdue, once per due time. Returns how many."""
+    now = now or timezone.now()
+    _start_clocks(now)
+    told = 0
+    for incident_id in overdue(Incident.objects.all(), now=now).values_list("pk", flat=True):
+        with transaction.atomic():
+            incident = (
+                Incident.objects.select_for_update(of=("self",))
+                .select_related("service__team")
+                .filter(pk=incident_id, resolved=False, next_update_due_at__lte=now)
+                .first()
+            )
+            if incident is None or incident.next_update_due_at is None:
+                continue
+            due = incident.next_update_due_at
+            try:
+                with transaction.atomic():
+                    UpdateReminder.objects.create(incident=incident, due_at=due, created_at=now)
+            except IntegrityError:
+                continue  # told already for this due time
+            team = incident.service.team
+            due_text = timezone.localtime(due).strftime("%Y-%m-%d %H:%M %Z")
+            notifications.update_overdue(incident, due_at_text=due_text, team=team)
+            audit.record(
+                "incident.update_overdue",
+                actor_label=SYSTEM_REMINDERS,
+                team=team,
+                target=incident,
+                summary=f"The next update of “{incident.title}” was due at {due_text}: authors and approvers emailed",
+                changes={"next_update_due_at": [None, due.isoformat()]},
+            )
+            told += 1
+    return told
+
+
+def waiting_for_review(*, now: datetime | None = None) -> QuerySet[Revision]:
+    """Revisions in review (the latest of their draft) that have waited longer than their team allows and were
+    not escalated yet."""
+    now = now or timezone.now()
+    latest = Revision.objects.filter(draft=OuterRef("draft")).order_by("-number").values("pk")[:1]
+    return (
+        Revision.objects.filter(draft__state__in=REVIEWABLE_DRAFT_STATES, escalation__isnull=True)
+        .filter(pk=Subquery(latest))
+        .filter(created_at__lte=Value(now) - _minutes(F("draft__team__review_escalation_minutes")))
+        .select_related("draft__team", "draft__service")
+    )
+
+
+def escalate_waiting_reviews(*, now: datetime | None = None) -> int:
+    """Email every approver of the team about each revision waiting too long for review, once; audited."""
+    now = now or timezone.now()
+    told = 0
+    for revision_id in waiting_for_review(now=now).values_list("pk", flat=True):
+        with transaction.atomic():
+            draft = (
+                Draft.objects.select_for_update(of=("self",))
+                .select_related("team")
+                .filter(revisions=revision_id, state__in=REVIEWABLE_DRAFT_STATES)
+                .first()
+            )
+            if draft is None:
+                continue
+            revision = Revision.objects.select_related("draft__team", "draft__service").get(pk=revision_id)
+            try:
+                with transaction.atomic():
+                    ReviewEscalation.objects.create(revision=revision, created_at=now)
+            except IntegrityError:
+                continue
+            waited = int((now - revision.created_at).total_seconds() // 60)
+            notifications.review_escalated(revision, waited_minutes=waited)
+            audit.record(
+                "review.escalated",
+                actor_label=SYSTEM_REMINDERS,
+                team=draft.team,
+                target=draft,
+                summary=f"Revision {revision.number} of draft #{draft.pk} waited {waited} minutes for review: "
+                "every approver emailed",
+                changes={"revision": [None, revision.number]},
+            )
+            told += 1
+    return told
+
+
+def run(*, now: datetime | None = None) -> dict[str, int]:
+    """The beat task's work: overdue updates, then waiting reviews."""
+    now = now or timezone.now()
+    return {"overdue_updates": remind_overdue_updates(now=now), "escalated_reviews": escalate_waiting_reviews(now=now)}
