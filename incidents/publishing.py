@@ -673,6 +673,9 @@ def _publish(
         incident = Incident.objects.select_for_update(no_key=True).filter(remote_id=remote.id).first()
         if incident is None:
             incident = Incident(service=publication.service, remote_id=remote.id, title=remote.title)
+        if incident.group_id is None and publication.draft.group_id is not None:
+            # One IsDown incident per service, grouped under the draft's one local incident (issue 12).
+            incident.group_id = publication.draft.group_id
     else:
         incident_id = publication.incident_id or publication.draft.incident_id
         assert incident_id is not None, "an update's draft targets an incident (draft_kind_matches_incident)"
