@@ -189,3 +189,100 @@ def test_four_eyes_still_holds_for_a_fanned_out_revision(approver, approver2, ap
     assert not Publication.objects.exists()
     _approve(revision.draft_id, approver2)
     assert Publication.objects.count() == 2
+
+
+# --- The pages ---------------------------------------------------------------------------------------------------
+def test_the_form_submits_one_draft_for_several_services(responder, api_service, dashboard_service, as_user):
+    response = as_user(responder).post(
+        "/drafts/new/",
+        {"service": api_service.pk, "also_services": [dashboard_service.pk], **FIELDS, "action": "submit"},
+    )
+    assert response.status_code == 302
+    draft = workflow.Draft.objects.get()
+    assert draft.service_ids == [api_service.pk, dashboard_service.pk]
+    assert [r.service.name for r in draft.revisions.get().requests.order_by("position")] == ["API", "Dashboard"]
+
+
+def test_the_form_refuses_a_service_outside_the_team(
+    responder, api_service, dashboard_service, pipeline_service, as_user
+):
+    response = as_user(responder).post(
+        "/drafts/new/", {"service": api_service.pk, "also_services": [pipeline_service.pk], **FIELDS, "action": "save"}
+    )
+    assert response.status_code == 422
+    assert 'id="id_also_services_error"' in response.content.decode()
+    assert "Select a valid choice" in response.content.decode()
+    assert not workflow.Draft.objects.exists()
+
+
+def test_the_form_refuses_mixing_teams_for_someone_in_both(
+    responder, api_service, pipeline_service, data_team, as_user
+):
+    from incidents.models import Membership, Role
+
+    Membership.objects.create(user=responder, team=data_team, role=Role.RESPONDER)
+    response = as_user(responder).post(
+        "/drafts/new/", {"service": api_service.pk, "also_services": [pipeline_service.pk], **FIELDS, "action": "save"}
+    )
+    assert response.status_code == 422
+    assert "Pipeline belongs to another team than API" in response.content.decode()
+
+
+def test_the_preview_shows_one_request_per_service(responder, api_service, dashboard_service, as_user):
+    response = as_user(responder).post(
+        "/drafts/new/",
+        {"service": api_service.pk, "also_services": [dashboard_service.pk], **FIELDS, "action": "preview"},
+    )
+    html = response.content.decode()
+    assert "2 requests to IsDown, one per service" in html
+    assert html.count("&quot;service_id&quot;: 1001") == 1 and html.count("&quot;service_id&quot;: 1002") == 1
+
+
+def test_the_review_lists_every_request_before_approval(responder, approver, api_service, dashboard_service, as_user):
+    revision = workflow.create_and_submit(
+        user=responder, service=api_service, kind=DraftKind.OPEN, fields=FIELDS, also_services=[dashboard_service]
+    )
+    html = as_user(approver).get(f"/drafts/{revision.draft_id}/review/").content.decode()
+    assert '<details class="exact-request" open>' in html
+    assert "The 2 exact requests that will be sent, one per service" in html
+    assert 'id="revision-request-0"' in html and 'id="revision-request-1"' in html
+    assert "To API (IsDown #1001)" in html and "To Dashboard (IsDown #1002)" in html
+
+
+def test_the_incident_page_offers_adding_and_removing_services(responder, grouped, status_service, as_user):
+    _, api, _ = grouped
+    html = as_user(responder).get(f"/incidents/{api.pk}/").content.decode()
+    assert 'data-service="API"' in html and 'data-service="Dashboard"' in html
+    assert f'<option value="{status_service.pk}">Status API (#1003)</option>' in html
+    assert f"/incidents/{api.pk}/update/?remove=1" in html
+    page = as_user(responder).get(f"/incidents/{api.pk}/update/?add={status_service.pk}").content.decode()
+    assert "Add Status API to this incident" in page
+
+
+def test_adding_a_service_of_another_team_is_a_404(responder, grouped, pipeline_service, as_user):
+    _, api, _ = grouped
+    assert as_user(responder).get(f"/incidents/{api.pk}/update/?add={pipeline_service.pk}").status_code == 404
+    assert as_user(responder).get(f"/incidents/{api.pk}/update/?add=nope").status_code == 404
+
+
+def test_removing_a_service_through_the_page_submits_its_resolve(responder, grouped, as_user):
+    _, _, dashboard = grouped
+    response = as_user(responder).post(
+        f"/incidents/{dashboard.pk}/update/?remove=1",
+        {
+            "title": dashboard.title,
+            "severity": dashboard.severity,
+            "stage": "resolved",
+            "description": "Fine now.",
+            "action": "submit",
+        },
+    )
+    assert response.status_code == 302
+    draft = workflow.Draft.objects.get()
+    assert (draft.kind, draft.service, draft.state) == (
+        DraftKind.REMOVE_SERVICE,
+        dashboard.service,
+        DraftState.IN_REVIEW,
+    )
+    [request] = draft.revisions.get().requests.all()
+    assert request.path == "/api/v2/incidents/5002"
