@@ -333,7 +333,7 @@ def group_services(user, incident: Incident) -> list[ServiceRow]:
         services.setdefault(publication.service_id, publication.service)
     rows = []
     for service_id, service in sorted(services.items(), key=lambda item: (item[1].name, item[0])):
-        member = next((m for m in members if m.service_id == service_id), None)
+        own = next((m for m in members if m.service_id == service_id), None)
         latest = next((p for p in publications if p.service_id == service_id), None)
-        rows.append(ServiceRow(service=service, incident=member, publication=latest))
+        rows.append(ServiceRow(service=service, incident=own, publication=latest))
     return rows

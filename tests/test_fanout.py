@@ -286,3 +286,19 @@ def test_removing_a_service_through_the_page_submits_its_resolve(responder, grou
     )
     [request] = draft.revisions.get().requests.all()
     assert request.path == "/api/v2/incidents/5002"
+
+
+# --- The demo ----------------------------------------------------------------------------------------------------
+def test_seed_demo_drafts_and_approves_one_incident_across_api_and_dashboard(settings, capsys):
+    from django.core.management import call_command
+
+    settings.DEBUG, settings.SANDBOX_ENABLED = True, True
+    call_command("seed_demo")
+    assert "Demo incident across API and Dashboard drafted and approved" in capsys.readouterr().out
+    draft = workflow.Draft.objects.get(title="Elevated error rates on API and Dashboard")
+    assert draft.state == DraftState.APPROVED and draft.group is not None
+    assert draft.author.username == "responder" and draft.revisions.get().review.reviewer.username == "approver"
+    assert [p.service.name for p in draft.publications.order_by("pk")] == ["API", "Dashboard"]
+    call_command("seed_demo")
+    assert "nothing changed" in capsys.readouterr().out
+    assert workflow.Draft.objects.count() == 1
