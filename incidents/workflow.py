@@ -302,11 +302,19 @@ def _check_addable(incident: Incident, service: Service) -> None:
         raise InvalidTransition(f"{service.name} is already part of this incident.")
 
 
-def _check_removable(incident: Incident) -> None:
+def removal_problem(incident: Incident) -> str | None:
+    """Why this incident's service cannot be removed from its group, or None."""
     if incident.resolved:
-        raise InvalidTransition("This service's incident is already resolved.")
+        return "This service's incident is already resolved."
     if incident.group_id is None or len([m for m in open_members(incident) if m.pk != incident.pk]) == 0:
-        raise InvalidTransition("This is the incident's only open service: resolve the incident instead.")
+        return "This is the incident's only open service: resolve the incident instead."
+    return None
+
+
+def _check_removable(incident: Incident) -> None:
+    problem = removal_problem(incident)
+    if problem is not None:
+        raise InvalidTransition(problem)
 
 
 def create_and_submit(

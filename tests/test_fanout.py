@@ -302,3 +302,10 @@ def test_seed_demo_drafts_and_approves_one_incident_across_api_and_dashboard(set
     call_command("seed_demo")
     assert "nothing changed" in capsys.readouterr().out
     assert workflow.Draft.objects.count() == 1
+
+
+def test_removing_the_only_service_sends_the_responder_back_with_the_reason(responder, api_service, as_user):
+    incident = IncidentFactory(service=api_service, remote_id="7001")
+    response = as_user(responder).get(f"/incidents/{incident.pk}/update/?remove=1", follow=True)
+    assert response.redirect_chain == [(f"/incidents/{incident.pk}/", 302)]
+    assert "only open service: resolve the incident instead" in response.content.decode()

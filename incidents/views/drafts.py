@@ -228,6 +228,10 @@ def update_new(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         added = access.get_scoped_or_404(team_services, pk=_int_or_404(request.GET["add"]))
         kind = DraftKind.ADD_SERVICE
     elif request.GET.get("remove") == "1":
+        problem = workflow.removal_problem(incident)
+        if problem is not None:
+            messages.warning(request, problem)
+            return redirect("incidents:incident_detail", pk=incident.pk)
         kind = DraftKind.REMOVE_SERVICE
     return _new(request, kind=kind, incident=incident, added_service=added)
 

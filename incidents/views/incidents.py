@@ -61,6 +61,8 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
         "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
         "service_rows": service_rows,
+        # Removing a service resolves its incident; the last open one is resolved with the incident instead.
+        "can_remove_services": sum(1 for row in service_rows if row.incident and not row.incident.resolved) > 1,
         # Services of the team that could be added to the incident (a reviewed create on each).
         "addable_services": [
             service
