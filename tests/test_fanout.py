@@ -309,3 +309,24 @@ def test_removing_the_only_service_sends_the_responder_back_with_the_reason(resp
     response = as_user(responder).get(f"/incidents/{incident.pk}/update/?remove=1", follow=True)
     assert response.redirect_chain == [(f"/incidents/{incident.pk}/", 302)]
     assert "only open service: resolve the incident instead" in response.content.decode()
+
+
+def test_an_add_service_draft_is_edited_and_reviewed_like_any_other(
+    responder, approver, grouped, status_service, as_user
+):
+    _, api, _ = grouped
+    fields = {"title": api.title, "severity": "major", "description": "Status API too.", "stage": "identified"}
+    draft = workflow.create(
+        user=responder, service=status_service, kind=DraftKind.ADD_SERVICE, fields=fields, incident=api
+    )
+    client = as_user(responder)
+    assert "Add a service draft #" in client.get(f"/drafts/{draft.pk}/").content.decode()
+    response = client.post(
+        f"/drafts/{draft.pk}/",
+        {**fields, "description": "Status API is affected too.", "version": 1, "action": "submit"},
+    )
+    assert response.status_code == 302
+    revision = workflow.latest_revision(workflow.Draft.objects.get(pk=draft.pk))
+    assert json.loads(revision.requests.get().body)["description"] == "Status API is affected too."
+    html = as_user(approver).get(f"/drafts/{draft.pk}/review/").content.decode()
+    assert "To Status API (IsDown #1003)" in html and "notifies the status page" in html
