@@ -330,3 +330,10 @@ def test_an_add_service_draft_is_edited_and_reviewed_like_any_other(
     assert json.loads(revision.requests.get().body)["description"] == "Status API is affected too."
     html = as_user(approver).get(f"/drafts/{draft.pk}/review/").content.decode()
     assert "To Status API (IsDown #1003)" in html and "notifies the status page" in html
+
+
+def test_the_update_form_of_a_grouped_incident_says_where_it_goes(responder, grouped, as_user):
+    _, api, _ = grouped
+    html = as_user(responder).get(f"/incidents/{api.pk}/update/?resolve=1").content.decode()
+    assert "This incident spans 2 services: the update goes to each one" in html
+    assert "API #5001, Dashboard #5002" in html

@@ -149,3 +149,62 @@ def test_one_service_fails_the_other_publishes_and_the_failed_one_recovers_alone
         assert list(incident.updates.values_list("stage", flat=True)) == ["investigating", "identified", "resolved"]
         patches = [r for r in sandbox_requests("PATCH") if r.path.endswith(f"/{incident.remote_id}")]
         assert [json.loads(r.body)["resolution_stage"] for r in patches] == ["identified", "resolved"]
+
+
+def test_adding_and_removing_a_service_are_reviewed_and_published_by_the_worker(
+    start_worker, service, dashboard, author, approver_user
+):
+    register_service(1002, "Dashboard")
+    status = ServiceFactory(team=service.team, name="Status API", isdown_service_id=1003)
+    register_service(1003, "Status API")
+    start_worker()
+    revision = workflow.create_and_submit(
+        user=author, service=service, kind=DraftKind.OPEN, fields=FIELDS, also_services=[dashboard]
+    )
+    opened = _approve(revision.draft_id, approver_user)
+    _final(*opened)
+    api_incident, dashboard_incident = (Incident.objects.get(pk=p.incident_id) for p in opened)
+    group = api_incident.group
+    assert group is not None and dashboard_incident.group == group
+
+    # Add Status API: a reviewed create on it, with the incident's words; it joins the group.
+    added = workflow.create_and_submit(
+        user=author,
+        service=status,
+        kind=DraftKind.ADD_SERVICE,
+        incident=api_incident,
+        fields={**FIELDS, "description": "The status API is affected too."},
+    )
+    [create] = _approve(added.draft_id, approver_user)
+    _final(create)
+    assert create.state == S.PUBLISHED
+    status_incident = Incident.objects.get(pk=create.incident_id)
+    assert (status_incident.service, status_incident.group) == (status, group)
+
+    # Remove Dashboard: a reviewed resolve of its IsDown incident only; the others stay open.
+    removed = workflow.create_and_submit(
+        user=author,
+        service=dashboard,
+        kind=DraftKind.REMOVE_SERVICE,
+        incident=dashboard_incident,
+        fields={**FIELDS, "description": "The dashboard is fine again.", "stage": Stage.RESOLVED},
+    )
+    [resolve] = _approve(removed.draft_id, approver_user)
+    _final(resolve)
+    assert resolve.state == S.PUBLISHED
+    for incident, resolved in ((api_incident, False), (dashboard_incident, True), (status_incident, False)):
+        incident.refresh_from_db()
+        assert incident.resolved is resolved
+    assert [r.path for r in sandbox_requests("PATCH")] == [f"/sandbox/api/v2/incidents/{dashboard_incident.remote_id}"]
+
+    # The next update goes to the two open services only.
+    update = workflow.create_and_submit(
+        user=author,
+        service=service,
+        kind=DraftKind.UPDATE,
+        incident=api_incident,
+        fields={**FIELDS, "description": "Monitoring.", "stage": Stage.MONITORING},
+    )
+    assert sorted(r.target_remote_id for r in update.requests.all()) == sorted(
+        [api_incident.remote_id, status_incident.remote_id]
+    )
