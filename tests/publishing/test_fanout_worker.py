@@ -97,6 +97,8 @@ def test_one_service_fails_the_other_publishes_and_the_failed_one_recovers_alone
     assert draft.state == DraftState.FAILED and draft.group is not None
     api_incident = Incident.objects.get(pk=api_pub.incident_id)
     assert api_incident.group == draft.group and api_incident.service == service
+    published = AuditEvent.objects.get(action="publication.published", target_id=str(api_pub.pk))
+    assert published.changes["group"] == [None, draft.group.pk]
     assert not Incident.objects.filter(service=dashboard).exists()
     assert SandboxIncident.objects.count() == 1
     html = _page(author, api_incident)
