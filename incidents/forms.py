@@ -96,6 +96,13 @@ class DraftForm(forms.Form):
     """
 
     service = forms.ModelChoiceField(queryset=Service.objects.none(), label="Service", empty_label="Choose a service")
+    also_services = forms.ModelMultipleChoiceField(
+        queryset=Service.objects.none(),
+        label="Also affected",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Other services of the same team: each gets its own IsDown incident, reviewed once, grouped here.",
+    )
     title = UncutCharField(label="Title", max_length=TITLE_MAX_LENGTH, strip=True)
     severity = forms.ChoiceField(label="Severity", choices=Severity.choices)
     description = UncutCharField(
@@ -109,7 +116,14 @@ class DraftForm(forms.Form):
     stage = forms.ChoiceField(label="Stage", choices=Stage.choices, initial=Stage.INVESTIGATING)
 
     def __init__(
-        self, *args: Any, user, kind: str, incident: Incident | None = None, correcting: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        user,
+        kind: str,
+        incident: Incident | None = None,
+        correcting: bool = False,
+        added_service: Service | None = None,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.kind = kind
@@ -119,21 +133,35 @@ class DraftForm(forms.Form):
             self.fields["corrects_position"] = forms.IntegerField(
                 widget=forms.HiddenInput, required=False, min_value=0, max_value=ID_MAX
             )
+        self.added_service = added_service
         self.fields["description"].help_text = description_hint()
         if kind == DraftKind.OPEN:
             services = access.services(user, access.DRAFTING_ROLES)
             self.fields["service"].queryset = services
+            self.fields["also_services"].queryset = services
+            if services.count() < 2:
+                del self.fields["also_services"]  # nothing else to pick
             if not self.is_bound and "service" not in self.initial and services.count() == 1:
                 self.initial["service"] = services.get().pk  # one choice: nothing to choose
+        elif kind == DraftKind.ADD_SERVICE:
+            del self.fields["service"], self.fields["also_services"]
         else:
-            del self.fields["service"]
+            del self.fields["service"], self.fields["also_services"]
             self.fields["stage"].required = False
             self.fields["stage"].choices = [("", "No stage change (no update posted)"), *Stage.choices]
             self.fields[
                 "description"
             ].help_text = f"Posted as a new update. Description and stage go together. {description_hint()}"
+            if kind == DraftKind.REMOVE_SERVICE:
+                self.fields["stage"].choices = [(Stage.RESOLVED, Stage.RESOLVED.label)]
+                self.fields["stage"].required = True
+                self.fields["description"].required = True
+                self.fields[
+                    "description"
+                ].help_text = f"Posted as the resolving update of this service's IsDown incident. {description_hint()}"
         for name, field in self.fields.items():
-            field.widget.attrs.setdefault("id", f"id_{name}")
+            if name != "also_services":  # its checkboxes are named by Django (id_also_services_0, …)
+                field.widget.attrs.setdefault("id", f"id_{name}")
         # The page's counters come from each field's max_length (no maxlength attribute: see UncutCharField).
         self.fields["description"].widget.attrs["rows"] = 8
 
@@ -145,6 +173,17 @@ class DraftForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        primary = data.get("service")
+        others = [other for other in data.get("also_services") or [] if primary is None or other.pk != primary.pk]
+        if primary is not None and others:
+            foreign = [other.name for other in others if other.team_id != primary.team_id]
+            if foreign:
+                self.add_error(
+                    "also_services",
+                    f"{', '.join(foreign)} belong{'s' if len(foreign) == 1 else ''} to another team than "
+                    f"{primary.name}: one incident covers services of one team.",
+                )
+        data["also_services"] = others
         if self.kind == DraftKind.UPDATE:
             description, stage = data.get("description", ""), data.get("stage", "")
             if description and not stage:
@@ -164,11 +203,18 @@ class DraftForm(forms.Form):
         return data
 
     def target_service(self) -> Service:
-        """The service the draft is for: the one chosen (a new incident) or the incident's (an update)."""
+        """The service the draft is for: the one chosen (a new incident), the one added, or the incident's."""
         if self.kind == DraftKind.OPEN:
             return self.cleaned_data["service"]
+        if self.kind == DraftKind.ADD_SERVICE:
+            assert self.added_service is not None, "an add-a-service form has its service"
+            return self.added_service
         assert self.incident is not None, "an update form has its incident"
         return self.incident.service
+
+    def other_services(self) -> list[Service]:
+        """A new incident's other services (empty for every other kind)."""
+        return list(self.cleaned_data.get("also_services") or [])
 
     def draft_fields(self) -> dict[str, str]:
         data = self.cleaned_data

@@ -132,6 +132,10 @@ class Incident(models.Model):
     # When the public expects the next update (issue 12 §5): set on each approval to the team's interval, adjustable
     # by the team (reminders.py); empty until the first reminder check sets it from the team's default.
     next_update_due_at = models.DateTimeField(null=True, blank=True)
+    # One local incident across several services (issue 12): the IsDown incidents of one outage share a group.
+    group = models.ForeignKey(
+        "IncidentGroup", on_delete=models.PROTECT, null=True, blank=True, related_name="incidents"
+    )
 
     class Meta:
         ordering = ["-last_activity_at", "-id"]
@@ -162,6 +166,13 @@ class IncidentUpdate(models.Model):
 class DraftKind(models.TextChoices):
     OPEN = "open", "New incident"
     UPDATE = "update", "Update"
+    # A grouped incident gains a service (a create on IsDown) or loses one (that service's incident resolved).
+    ADD_SERVICE = "add_service", "Add a service"
+    REMOVE_SERVICE = "remove_service", "Remove a service"
+
+
+# The kinds that change an existing incident (the draft names it); only ``open`` starts one.
+INCIDENT_DRAFT_KINDS = (DraftKind.UPDATE, DraftKind.ADD_SERVICE, DraftKind.REMOVE_SERVICE)
 
 
 class DraftState(models.TextChoices):
@@ -216,7 +227,7 @@ class Draft(models.Model):
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="drafts")
     service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="drafts")
     incident = models.ForeignKey(Incident, on_delete=models.PROTECT, null=True, blank=True, related_name="drafts")
-    kind = models.CharField(max_length=10, choices=DraftKind.choices)
+    kind = models.CharField(max_length=20, choices=DraftKind.choices)
     title = models.CharField(max_length=TITLE_MAX_LENGTH, blank=True)
     severity = models.CharField(max_length=10, choices=Severity.choices, blank=True)
     description = models.TextField(blank=True)
@@ -232,6 +243,10 @@ class Draft(models.Model):
     corrects_position = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # A new incident across several services: the ids of the services besides ``service`` (the first), same team.
+    also_service_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    # The local incident its IsDown incidents are grouped under: set on approval when it spans several services.
+    group = models.ForeignKey("IncidentGroup", on_delete=models.PROTECT, null=True, blank=True, related_name="drafts")
 
     class Meta:
         ordering = ["-updated_at", "-id"]
@@ -243,7 +258,10 @@ class Draft(models.Model):
             models.CheckConstraint(condition=Q(state__in=DraftState.values), name="draft_state_valid"),
             # An update targets an incident; a new incident has none yet.
             models.CheckConstraint(
-                condition=(Q(kind="open", incident__isnull=True) | Q(kind="update", incident__isnull=False)),
+                condition=(
+                    Q(kind="open", incident__isnull=True)
+                    | Q(kind__in=["update", "add_service", "remove_service"], incident__isnull=False)
+                ),
                 name="draft_kind_matches_incident",
             ),
         ]
@@ -259,6 +277,11 @@ class Draft(models.Model):
     def corrects_update_number(self) -> int | None:
         """The corrected update as people count them (the first is 1; positions start at 0)."""
         return None if self.corrects_position is None else self.corrects_position + 1
+
+    @property
+    def service_ids(self) -> list[int]:
+        """Every service the draft names, its own ``service`` first."""
+        return [self.service_id, *(pk for pk in self.also_service_ids if pk != self.service_id)]
 
 
 class Revision(models.Model):
@@ -774,3 +797,20 @@ class ReviewEscalation(models.Model):
 
     def __str__(self) -> str:
         return f"Escalation of revision {self.revision_id}"
+
+
+# --- One incident, several services (issue 12, fan-out) ---------------------------------------------------
+class IncidentGroup(models.Model):
+    """The one local incident an outage is: one IsDown incident per affected service (``incidents``), published,
+    updated and resolved together. Created when a draft naming several services is approved, or when a service is
+    added to an incident. Sync keeps each member as it is: IsDown knows nothing of the group."""
+
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="incident_groups")
+    title = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.title} (group #{self.pk})"

@@ -92,14 +92,17 @@ def revision_submitted(revision: Revision) -> Notification | None:
     approvers = team_approvers(draft.team).exclude(
         pk__in=[revision.author_id, revision.last_editor_id, *revision.editors]
     )
+    # A draft may fan out to several services (issue 12): name each one its requests go to.
+    names = list(dict.fromkeys(revision.requests.order_by("position").values_list("service__name", flat=True)))
+    services = ", ".join(names) or draft.service.name
     return queue(
         kind="review_needed",
         team=draft.team,
         users=approvers,
-        subject=f"[isdown-admin] Review needed: {draft.title or draft.get_kind_display()} ({draft.service.name})",
+        subject=f"[isdown-admin] Review needed: {draft.title or draft.get_kind_display()} ({services})",
         body=(
             f"{revision.submitted_by.get_username()} submitted revision {revision.number} of draft #{draft.pk} "
-            f"for {draft.service.name} ({draft.team.name}).\n\n"
+            f"for {services} ({draft.team.name}).\n\n"
             f"Review it: {_link('incidents:draft_review', pk=draft.pk)}\n"
         ),
         target=draft,

@@ -669,10 +669,15 @@ def _publish(
 ) -> Incident:
     """Store what IsDown holds, link it, and move the publication to ``published`` (caller's transaction). When
     more than one send may have landed, a late twin is watched for."""
+    grouped: dict[str, Any] = {}
     if publication.request.method == "POST":
         incident = Incident.objects.select_for_update(no_key=True).filter(remote_id=remote.id).first()
         if incident is None:
             incident = Incident(service=publication.service, remote_id=remote.id, title=remote.title)
+        if incident.group_id is None and publication.draft.group_id is not None:
+            # One IsDown incident per service, grouped under the draft's one local incident (issue 12).
+            incident.group_id = publication.draft.group_id
+            grouped = {"group": [None, incident.group_id]}
     else:
         incident_id = publication.incident_id or publication.draft.incident_id
         assert incident_id is not None, "an update's draft targets an incident (draft_kind_matches_incident)"
@@ -708,7 +713,7 @@ def _publish(
             "updates": len(remote.updates),
             "how": how,
         },
-        changes={"remote_id": [None, remote.id]},
+        changes={"remote_id": [None, remote.id], **grouped},
         **watch,
     )
     return incident

@@ -304,3 +304,67 @@ def break_glass_queue(user) -> QuerySet[Review]:
 def overdue_incidents(user) -> QuerySet[Incident]:
     """The user's open incidents whose next public update is overdue (reminders.py sets and tells)."""
     return reminders.overdue(access.incidents(user)).select_related("service").order_by("next_update_due_at", "pk")
+
+
+# --- One incident, several services (issue 12) ----------------------------------------------------------------
+# How a service's row on a grouped incident's page sums up its latest publication.
+WAITING_PUBLICATION_STATES = (
+    PublicationState.QUEUED,
+    PublicationState.SENDING,
+    PublicationState.RETRY_WAIT,
+    PublicationState.RECONCILING,
+)
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    """One service of a grouped incident: its IsDown incident (None until a create landed) and its latest
+    publication (what was last sent to it, or is being sent)."""
+
+    service: Any
+    incident: Incident | None
+    publication: Publication | None
+
+    @property
+    def summary(self) -> str:
+        """published / failed / waiting / needs attention …: the latest publication's outcome, in a word or two."""
+        if self.publication is None:
+            return "published" if self.incident is not None else "not sent"
+        state = self.publication.state
+        if state in WAITING_PUBLICATION_STATES:
+            return "waiting"
+        return PublicationState(state).label.lower()
+
+
+def group_publications(user, incident: Incident) -> QuerySet[Publication]:
+    """Every publication of the local incident: this IsDown incident's, and, when it is grouped, every one made for
+    the group (a create that failed has no IsDown incident to hang on, but belongs here)."""
+    scope = Q(incident=incident)
+    if incident.group_id is not None:
+        scope |= Q(draft__group_id=incident.group_id) | Q(incident__group_id=incident.group_id)
+    return access.publications(user).filter(scope).distinct()
+
+
+def group_services(user, incident: Incident) -> list[ServiceRow]:
+    """The services of a grouped incident, each with its IsDown incident and latest publication; [] for an
+    incident outside a group."""
+    if incident.group_id is None:
+        return []
+    members = list(access.incidents(user).filter(group_id=incident.group_id).order_by("service__name", "pk"))
+    publications = list(
+        group_publications(user, incident)
+        .exclude(state=PublicationState.SUPERSEDED)
+        .select_related("service")
+        .order_by("-pk")
+    )
+    services: dict[int, Any] = {}
+    for member in members:
+        services.setdefault(member.service_id, member.service)
+    for publication in publications:
+        services.setdefault(publication.service_id, publication.service)
+    rows = []
+    for service_id, service in sorted(services.items(), key=lambda item: (item[1].name, item[0])):
+        own = next((m for m in members if m.service_id == service_id), None)
+        latest = next((p for p in publications if p.service_id == service_id), None)
+        rows.append(ServiceRow(service=service, incident=own, publication=latest))
+    return rows

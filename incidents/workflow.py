@@ -11,9 +11,14 @@ error and changes nothing.
     failed (IsDown refused it for good) ──reopen──▶ draft   (publishing.edit_and_resubmit supersedes the refused one)
     in_review ──break-glass (an approver's own revision, reason + fresh TOTP)──▶ approved ──▶ …, then post-review
 
-Submit freezes the draft into a Revision holding one exact request per target (``draft_requests``) and one
+Submit freezes the draft into a Revision holding one exact request per target (``draft_targets``) and one
 SHA-256 over them; approve binds the review to the hash the reviewer saw and writes one Publication per
 request. After approval the draft follows its publications (``follow_publications``).
+
+Fan-out (issue 12): a new incident may name several services of its team (one create each, grouped under one
+IncidentGroup on approval); an update of a grouped incident goes to every open incident of the group; adding a
+service (a create on it) and removing one (a resolve of its incident) are drafts of their own, reviewed like any
+other. A resubmit after one service was refused sends only to the services not reached yet.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import access, audit, enqueue, isdown, mfa, notifications
 from .models import (
     DRAFT_FIELDS,
     EDITABLE_DRAFT_STATES,
+    INCIDENT_DRAFT_KINDS,
     PUBLISHING_DECISIONS,
     PUBLISHING_DRAFT_STATES,
     REVIEWABLE_DRAFT_STATES,
@@ -38,6 +44,7 @@ from .models import (
     DraftKind,
     DraftState,
     Incident,
+    IncidentGroup,
     Publication,
     PublicationState,
     Review,
@@ -89,8 +96,9 @@ def build_request(*, kind: str, service: Service, incident: Incident | None, fie
     """The exact IsDown call a draft stands for, to one service.
 
     An update sends title/severity only when they change, and description with its stage together (IsDown's
-    rule), so the approver sees precisely what subscribers will get."""
-    if kind == DraftKind.OPEN:
+    rule), so the approver sees precisely what subscribers will get. Adding a service to an incident is a create
+    on that service; removing one is an update (a resolve) of its incident."""
+    if kind in (DraftKind.OPEN, DraftKind.ADD_SERVICE):
         return isdown.create_request(
             service_id=service.isdown_service_id,
             title=fields["title"],
@@ -109,10 +117,94 @@ def build_request(*, kind: str, service: Service, incident: Incident | None, fie
     )
 
 
+@dataclass(frozen=True)
+class Target:
+    """One request a draft fans out to: a service and, for an update, the IsDown incident it addresses."""
+
+    service: Service
+    incident: Incident | None
+    request: isdown.Request
+
+    @property
+    def target_remote_id(self) -> str:
+        return (self.incident.remote_id or "") if self.incident is not None else ""
+
+
+def open_members(incident: Incident) -> list[Incident]:
+    """The IsDown incidents an update of ``incident`` goes to: every open (published, unresolved) incident of its
+    group, in a stable order; an incident outside a group (or a group with none open) is its own only member."""
+    if incident.group_id is None:
+        return [incident]
+    members = list(
+        Incident.objects.filter(group_id=incident.group_id, resolved=False, remote_id__isnull=False)
+        .select_related("service")
+        .order_by("service__name", "pk")
+    )
+    return members or [incident]
+
+
+def services_in_order(ids: list[int]) -> list[Service]:
+    by_id = Service.objects.select_related("team").in_bulk(ids)
+    return [by_id[pk] for pk in ids if pk in by_id]
+
+
+def targets_for(
+    *,
+    kind: str,
+    services: list[Service],
+    incident: Incident | None,
+    fields: dict[str, Any],
+    skip_service_ids: frozenset[int] = frozenset(),
+) -> list[Target]:
+    """Every request for these fields: a new incident fans out to each of its services; an update to each open
+    incident of the group (a request that would change nothing is left out); adding a service is one create on
+    it; removing one resolves that service's incident. ``skip_service_ids``: services already done."""
+    if kind == DraftKind.OPEN:
+        return [
+            Target(service, None, build_request(kind=kind, service=service, incident=None, fields=fields))
+            for service in services
+            if service.pk not in skip_service_ids
+        ]
+    if kind == DraftKind.ADD_SERVICE:
+        service = services[0]
+        return [Target(service, None, build_request(kind=kind, service=service, incident=None, fields=fields))]
+    assert incident is not None, "an update names its incident"
+    members = [incident] if kind == DraftKind.REMOVE_SERVICE else open_members(incident)
+    targets = []
+    for member in members:
+        if member.service_id in skip_service_ids or not member.remote_id:
+            continue
+        request = build_request(kind=DraftKind.UPDATE, service=member.service, incident=member, fields=fields)
+        if request.json():
+            targets.append(Target(member.service, member, request))
+    return targets
+
+
+def done_service_ids(draft: Draft) -> frozenset[int]:
+    """Services this draft already reached (or is still reaching) through an earlier revision: a resubmit after one
+    service was refused sends only to the others, never twice to the same one."""
+    if draft.pk is None:
+        return frozenset()
+    return frozenset(
+        draft.publications.exclude(state__in=(PublicationState.SUPERSEDED, PublicationState.ABANDONED)).values_list(
+            "service_id", flat=True
+        )
+    )
+
+
+def draft_targets(draft: Draft) -> list[Target]:
+    return targets_for(
+        kind=draft.kind,
+        services=services_in_order(draft.service_ids),
+        incident=draft.incident,
+        fields=draft_fields(draft),
+        skip_service_ids=done_service_ids(draft),
+    )
+
+
 def draft_requests(draft: Draft) -> list[tuple[Service, isdown.Request]]:
     """Every request the draft stands for, one per target service, in a stable order."""
-    request = build_request(kind=draft.kind, service=draft.service, incident=draft.incident, fields=draft_fields(draft))
-    return [(draft.service, request)]
+    return [(target.service, target.request) for target in draft_targets(draft)]
 
 
 def draft_fields(draft: Draft) -> dict[str, str]:
@@ -155,34 +247,86 @@ def create(
     fields: dict[str, str],
     incident: Incident | None = None,
     corrects_position: int | None = None,
+    also_services: list[Service] | tuple[Service, ...] = (),
 ) -> Draft:
     """Start a draft. The caller has validated the fields (forms.DraftForm). ``corrects_position`` marks an update
-    as the correction of the incident's update at that position (it must exist)."""
+    as the correction of the incident's update at that position (it must exist). ``also_services``: the other
+    services a new incident affects (same team as ``service``)."""
+    if kind == DraftKind.REMOVE_SERVICE and incident is not None:
+        service = incident.service  # removing a service resolves that service's incident
     access.require_role(user, service.team, access.DRAFTING_ROLES, action="write a draft")
-    if kind == DraftKind.UPDATE and (incident is None or not incident.remote_id):
+    if kind in INCIDENT_DRAFT_KINDS and (incident is None or not incident.remote_id):
         raise InvalidTransition("This incident is not on IsDown yet; wait until it is published to post updates.")
     if corrects_position is not None and (
         kind != DraftKind.UPDATE or incident is None or not incident.updates.filter(position=corrects_position).exists()
     ):
         raise InvalidTransition("There is no such update of this incident to correct.")
+    also_ids = _also_service_ids(service, also_services) if kind == DraftKind.OPEN else []
+    if kind == DraftKind.ADD_SERVICE:
+        assert incident is not None
+        _check_addable(incident, service)
+    if kind == DraftKind.REMOVE_SERVICE:
+        assert incident is not None
+        _check_removable(incident)
     with transaction.atomic():
         draft = Draft.objects.create(
             team=service.team,
             service=service,
-            incident=incident if kind == DraftKind.UPDATE else None,
+            incident=incident if kind in INCIDENT_DRAFT_KINDS else None,
             kind=kind,
             author=user,
             last_editor=user,
             editors=[user.pk],
             corrects_position=corrects_position,
+            also_service_ids=also_ids,
             **{name: fields.get(name, "") for name in DRAFT_FIELDS},
         )
         changes = audit.field_changes({}, draft_fields(draft))
         if corrects_position is not None:
             changes["corrects_position"] = [None, corrects_position]
+        if also_ids:
+            changes["services"] = [None, [s.name for s in services_in_order(draft.service_ids)]]
         what = "correction" if corrects_position is not None else draft.get_kind_display().lower()
         _audit("draft.created", draft, user, f"{user.get_username()} started {what} draft #{draft.pk}", changes)
     return draft
+
+
+def _also_service_ids(service: Service, also_services: list[Service] | tuple[Service, ...]) -> list[int]:
+    """The other services of a new incident, in order, without repeats; each must be of the same team."""
+    ids: list[int] = []
+    for other in also_services:
+        if other.team_id != service.team_id:
+            raise NotAllowed(
+                f"{other.name} belongs to another team than {service.name}: one incident stays within one team."
+            )
+        if other.pk != service.pk and other.pk not in ids:
+            ids.append(other.pk)
+    return ids
+
+
+def _check_addable(incident: Incident, service: Service) -> None:
+    if service.team_id != incident.service.team_id:
+        raise NotAllowed(f"{service.name} belongs to another team: one incident stays within one team.")
+    if incident.resolved:
+        raise InvalidTransition("This incident is resolved: start a new incident instead of adding a service.")
+    covered = {member.service_id for member in open_members(incident)}
+    if service.pk in covered:
+        raise InvalidTransition(f"{service.name} is already part of this incident.")
+
+
+def removal_problem(incident: Incident) -> str | None:
+    """Why this incident's service cannot be removed from its group, or None."""
+    if incident.resolved:
+        return "This service's incident is already resolved."
+    if incident.group_id is None or len([m for m in open_members(incident) if m.pk != incident.pk]) == 0:
+        return "This is the incident's only open service: resolve the incident instead."
+    return None
+
+
+def _check_removable(incident: Incident) -> None:
+    problem = removal_problem(incident)
+    if problem is not None:
+        raise InvalidTransition(problem)
 
 
 def create_and_submit(
@@ -193,6 +337,7 @@ def create_and_submit(
     fields: dict[str, str],
     incident: Incident | None = None,
     corrects_position: int | None = None,
+    also_services: list[Service] | tuple[Service, ...] = (),
 ) -> Revision:
     """Start a draft and put it in review at once, in one transaction: if the submit is refused, no draft is
     left behind."""
@@ -204,15 +349,23 @@ def create_and_submit(
             fields=fields,
             incident=incident,
             corrects_position=corrects_position,
+            also_services=also_services,
         )
         return submit(draft_id=draft.pk, user=user)
 
 
 def save(
-    *, draft_id: int, user, expected_version: int, fields: dict[str, str], service: Service | None = None
+    *,
+    draft_id: int,
+    user,
+    expected_version: int,
+    fields: dict[str, str],
+    service: Service | None = None,
+    also_services: list[Service] | tuple[Service, ...] | None = None,
 ) -> Draft:
     """Save edits if nobody else saved since ``expected_version``; otherwise raise EditConflict. ``service`` is
-    the one the form was sent with (None when the form has none): another than the draft's raises ServiceChanged."""
+    the one the form was sent with (None when the form has none): another than the draft's raises ServiceChanged.
+    ``also_services`` (a new incident's other services; None: unchanged) may change while the draft is edited."""
     with transaction.atomic():
         draft = _locked(draft_id)
         access.require_role(user, draft.team, access.DRAFTING_ROLES, action="edit a draft")
@@ -222,7 +375,12 @@ def save(
         if draft.version != expected_version:
             raise EditConflict(draft)
         before = draft_fields(draft)
-        new = {name: fields.get(name, "") for name in DRAFT_FIELDS}
+        new: dict[str, Any] = {name: fields.get(name, "") for name in DRAFT_FIELDS}
+        old_also = list(draft.also_service_ids)
+        if also_services is not None and draft.kind == DraftKind.OPEN:
+            new_also = _also_service_ids(draft.service, also_services)
+            if new_also != old_also:
+                new["also_service_ids"] = new_also
         # The conditional UPDATE is the optimistic lock; the row lock above makes the check race-free too.
         # Whoever saves a version is a co-author from now on, for good (four eyes over every editor).
         editors = draft.editors if user.pk in draft.editors else [*draft.editors, user.pk]
@@ -232,18 +390,36 @@ def save(
         if not updated:
             raise EditConflict(_locked(draft_id))
         draft.refresh_from_db()
-        changes = audit.field_changes(before, new)
+        changes = audit.field_changes(before, {name: new[name] for name in DRAFT_FIELDS})
+        if "also_service_ids" in new:
+            changes["services"] = [
+                [s.name for s in services_in_order([draft.service_id, *old_also])],
+                [s.name for s in services_in_order(draft.service_ids)],
+            ]
         _audit("draft.saved", draft, user, f"{user.get_username()} saved draft #{draft.pk}", changes)
     return draft
 
 
 def save_and_submit(
-    *, draft_id: int, user, expected_version: int, fields: dict[str, str], service: Service | None = None
+    *,
+    draft_id: int,
+    user,
+    expected_version: int,
+    fields: dict[str, str],
+    service: Service | None = None,
+    also_services: list[Service] | tuple[Service, ...] | None = None,
 ) -> Revision:
     """Save edits and put the draft in review, in one transaction: if the submit is refused, the edits are not
     saved either (the form still holds them), so the version the page shows stays the current one."""
     with transaction.atomic():
-        draft = save(draft_id=draft_id, user=user, expected_version=expected_version, fields=fields, service=service)
+        draft = save(
+            draft_id=draft_id,
+            user=user,
+            expected_version=expected_version,
+            fields=fields,
+            service=service,
+            also_services=also_services,
+        )
         return submit(draft_id=draft.pk, user=user, expected_version=draft.version)
 
 
@@ -255,12 +431,13 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
         _require_state(draft, EDITABLE_DRAFT_STATES, "submit")
         if expected_version is not None and draft.version != expected_version:
             raise EditConflict(draft)
-        # An update draft always has its incident (the draft_kind_matches_incident constraint); an open one never.
-        target = draft.incident if draft.kind == DraftKind.UPDATE else None
-        if draft.kind == DraftKind.UPDATE and (target is None or not target.remote_id):
+        # A draft on an incident always has it (the draft_kind_matches_incident constraint); an open one never.
+        if draft.kind in INCIDENT_DRAFT_KINDS and (draft.incident is None or not draft.incident.remote_id):
             raise InvalidTransition("This incident is not on IsDown yet.")
-        requests = draft_requests(draft)
-        if draft.kind == DraftKind.UPDATE and not any(request.json() for _, request in requests):
+        targets = draft_targets(draft)
+        if not targets:
+            if draft.kind == DraftKind.OPEN:
+                raise InvalidTransition("Nothing to send: every service of this draft is already on IsDown.")
             raise InvalidTransition("Nothing to send: change the title or severity, or write an update.")
         previous = latest_revision(draft)
         revision = Revision.objects.create(
@@ -268,7 +445,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             number=(previous.number + 1) if previous else 1,
             fields=draft_fields(draft),
             sha256=isdown.requests_sha256(
-                [(position, request.sha256) for position, (_, request) in enumerate(requests)]
+                [(position, target.request.sha256) for position, target in enumerate(targets)]
             ),
             author=draft.author,
             last_editor=draft.last_editor,
@@ -279,14 +456,14 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             RevisionRequest(
                 revision=revision,
                 position=position,
-                service=service,
-                target_remote_id=(target.remote_id or "") if target is not None else "",
-                method=request.method,
-                path=request.path,
-                body=request.body,
-                sha256=request.sha256,
+                service=target.service,
+                target_remote_id=target.target_remote_id,
+                method=target.request.method,
+                path=target.request.path,
+                body=target.request.body,
+                sha256=target.request.sha256,
             )
-            for position, (service, request) in enumerate(requests)
+            for position, target in enumerate(targets)
         )
         old_state = draft.state
         draft.state = DraftState.IN_REVIEW
@@ -296,7 +473,11 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             draft,
             user,
             f"{user.get_username()} submitted revision {revision.number} of draft #{draft.pk} ({revision.sha256[:12]})",
-            {**_state_change(old_state, draft.state), "revision": [None, revision.number]},
+            {
+                **_state_change(old_state, draft.state),
+                "revision": [None, revision.number],
+                "requests": [None, [f"{t.request.method} {t.request.path} ({t.service.name})" for t in targets]],
+            },
         )
         notifications.revision_submitted(revision)
     return revision
@@ -411,8 +592,10 @@ def _record_decision(
     publishes = decision in PUBLISHING_DECISIONS
     if publishes and draft.incident_id is not None:
         # Approvals of one incident take its row in turn, so their publications' ids (the order they are
-        # sent in) follow the order the approvals commit.
-        Incident.objects.select_for_update(no_key=True).filter(pk=draft.incident_id).first()
+        # sent in) follow the order the approvals commit. A grouped incident: every member's, in id order.
+        assert draft.incident is not None
+        group = Q(group_id=draft.incident.group_id) if draft.incident.group_id else Q(pk=draft.incident_id)
+        list(Incident.objects.select_for_update(no_key=True).filter(group | Q(pk=draft.incident_id)).order_by("pk"))
     review = Review.objects.create(
         revision=revision,
         reviewer=reviewer,
@@ -425,10 +608,14 @@ def _record_decision(
     )
     old_state = draft.state
     draft.state = new_state
-    draft.save(update_fields=["state", "updated_at"])
+    grouped = _group_on_approval(draft, revision) if publishes else None
+    draft.save(update_fields=["state", "group", "updated_at"])
     publications = []
     if publishes:
-        for request in revision.requests.order_by("position"):
+        requests = list(revision.requests.order_by("position"))
+        remote_ids = [request.target_remote_id for request in requests if request.target_remote_id]
+        incidents = {i.remote_id: i for i in Incident.objects.filter(remote_id__in=remote_ids)}
+        for request in requests:
             publications.append(
                 Publication.objects.create(
                     revision=revision,
@@ -436,19 +623,22 @@ def _record_decision(
                     draft=draft,
                     team=draft.team,
                     service=request.service,
-                    incident=draft.incident,
+                    # Each update goes to its own IsDown incident (a group fans out); a create has none yet.
+                    incident=incidents.get(request.target_remote_id) if request.target_remote_id else None,
                     target_remote_id=request.target_remote_id,
                 )
             )
-        if draft.incident_id is not None:
+        if incidents:
             # An approved update answers the public's wait: the next one is due a team's interval from now.
             due = timezone.now() + timedelta(minutes=draft.team.update_interval_minutes)
-            Incident.objects.filter(pk=draft.incident_id).update(next_update_due_at=due)
+            Incident.objects.filter(pk__in=[i.pk for i in incidents.values()]).update(next_update_due_at=due)
     all_changes: dict[str, Any] = {
         **_state_change(old_state, new_state),
         "revision": [None, revision.number],
         **(changes or {}),
     }
+    if grouped is not None:
+        all_changes["group"] = [None, grouped.pk]
     if comment:
         all_changes["comment"] = [None, comment]
     if review.sha256:
@@ -549,6 +739,26 @@ def post_review(*, review_id: int, user, comment: str = "") -> BreakGlassPostRev
             changes,
         )
     return post
+
+
+def _group_on_approval(draft: Draft, revision: Revision) -> IncidentGroup | None:
+    """The group the approved revision's incidents belong to, created when it starts one: a new incident on several
+    services, or a service added to an incident not grouped yet (which joins the group it starts). Returns the
+    group when it was created here."""
+    if draft.group_id is not None:
+        return None
+    if draft.kind == DraftKind.OPEN and len(draft.service_ids) > 1:
+        draft.group = IncidentGroup.objects.create(team=draft.team, title=revision.fields.get("title", ""))
+        return draft.group
+    if draft.kind in INCIDENT_DRAFT_KINDS and draft.incident is not None:
+        if draft.incident.group_id is not None:
+            draft.group_id = draft.incident.group_id
+            return None
+        if draft.kind == DraftKind.ADD_SERVICE:
+            draft.group = IncidentGroup.objects.create(team=draft.team, title=draft.incident.title)
+            Incident.objects.filter(pk=draft.incident.pk).update(group=draft.group)
+            return draft.group
+    return None
 
 
 def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: str = "") -> Decision:

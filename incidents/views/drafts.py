@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
@@ -17,7 +17,18 @@ from .. import access, draft_templates, notifications, public_text, selectors, w
 from ..diffs import diff_fields
 from ..forms import DRAFT_FIELD_LABELS, ID_MAX, DraftForm, return_path
 from ..http import HtmxHttpRequest
-from ..models import DRAFT_FIELDS, Draft, DraftKind, DraftTemplate, Incident, IncidentUpdate, Stage, Team, TemplateKind
+from ..models import (
+    DRAFT_FIELDS,
+    Draft,
+    DraftKind,
+    DraftTemplate,
+    Incident,
+    IncidentUpdate,
+    Service,
+    Stage,
+    Team,
+    TemplateKind,
+)
 
 TEMPLATE = "incidents/draft.html"
 # What a resolve form starts with when the team has no resolve template.
@@ -35,7 +46,7 @@ def _redirect(request: HtmxHttpRequest, url: str) -> HttpResponse:
 
 
 def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[str, Any]:
-    """What the status page will show and the exact request, built from the form as it stands."""
+    """What the status page will show and the exact requests (one per service), built from the form as it stands."""
     # The typed text, not cleaned_data: the status-page preview follows the typing even while a field is invalid.
     raw = {name: form.data.get(name, "") for name in DRAFT_FIELDS}
     preview: dict[str, Any] = {
@@ -47,14 +58,27 @@ def _preview(form: DraftForm, *, kind: str, incident: Incident | None) -> dict[s
         "lint": public_text.warnings_by_field(raw),
     }
     if preview["valid"]:
-        request = workflow.build_request(
-            kind=kind, service=form.target_service(), incident=incident, fields=form.draft_fields()
+        targets = workflow.targets_for(
+            kind=kind,
+            services=[form.target_service(), *form.other_services()],
+            incident=incident,
+            fields=form.draft_fields(),
         )
-        preview.update(
-            method=request.method,
-            path=request.path,
-            body_json=json.dumps(request.json(), indent=2, ensure_ascii=False),
-        )
+        preview["requests"] = [
+            {
+                "service": target.service,
+                "method": target.request.method,
+                "path": target.request.path,
+                "body_json": json.dumps(target.request.json(), indent=2, ensure_ascii=False),
+            }
+            for target in targets
+        ]
+        if targets:  # the first, as before: one request is the common case
+            preview.update(
+                method=targets[0].request.method,
+                path=targets[0].request.path,
+                body_json=preview["requests"][0]["body_json"],
+            )
     return preview
 
 
@@ -141,6 +165,9 @@ def _context(
         "form": form,
         "summary": _problems(form) if form.is_bound else [],
         "resolving": draft is None and kind == DraftKind.UPDATE and request.GET.get("resolve") == "1",
+        "added_service": form.added_service,
+        "draft_services": workflow.services_in_order(draft.service_ids) if draft else [],
+        "members": workflow.open_members(incident) if incident is not None and incident.group_id else [],
         "team": team,
         "approvers": _approvers(request, team, draft) if team is not None and editable else None,
         "storage_key": storage_key,
@@ -286,22 +313,72 @@ def draft_new(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 def update_new(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """An update to an existing incident (``?resolve=1`` preselects the resolved stage)."""
+    """An update to an existing incident (``?resolve=1`` preselects the resolved stage). On a grouped incident it
+    goes to every open service's incident. ``?add=<service id>`` adds a service to the incident (a create on it);
+    ``?remove=1`` removes this incident's service from its group (a resolve of this incident): both reviewed."""
     incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
     access.require_role(request.user, incident.service.team, access.DRAFTING_ROLES, action="post an update")
     # An update is sent to IsDown's incident id: until the incident is published there is nothing to update.
     if not incident.remote_id:
         messages.warning(request, "This incident is not on IsDown yet: updates can be drafted once it is published.")
         return redirect("incidents:incident_detail", pk=incident.pk)
-    return _new(request, kind=DraftKind.UPDATE, incident=incident)
+    added: Service | None = None
+    kind = DraftKind.UPDATE
+    if request.GET.get("add"):
+        team_services = access.services(request.user, access.DRAFTING_ROLES).filter(team=incident.service.team)
+        added = access.get_scoped_or_404(team_services, pk=_int_or_404(request.GET["add"]))
+        kind = DraftKind.ADD_SERVICE
+    elif request.GET.get("remove") == "1":
+        problem = workflow.removal_problem(incident)
+        if problem is not None:
+            messages.warning(request, problem)
+            return redirect("incidents:incident_detail", pk=incident.pk)
+        kind = DraftKind.REMOVE_SERVICE
+    return _new(request, kind=kind, incident=incident, added_service=added)
 
 
-def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> HttpResponse:
+def _int_or_404(raw: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise Http404("No such service.")
+    return int(raw)
+
+
+def _initial_for_change(incident: Incident, kind: str, added: Service | None) -> dict[str, str]:
+    """Adding a service starts from the incident as it stands (its title, severity, stage and words); removing one
+    resolves that service's incident, saying so."""
+    if kind == DraftKind.ADD_SERVICE:
+        assert added is not None
+        return {
+            "title": incident.title,
+            "severity": incident.severity,
+            "stage": incident.stage,
+            "description": incident.description or f"{added.name} is affected too.",
+        }
+    return {
+        "title": incident.title,
+        "severity": incident.severity,
+        "stage": Stage.RESOLVED,
+        "description": f"{incident.service.name} is no longer affected by this incident.",
+    }
+
+
+def _new(
+    request: HtmxHttpRequest, *, kind: str, incident: Incident | None, added_service: Service | None = None
+) -> HttpResponse:
     # ?correct=1: a correction of the incident's last update (IsDown cannot edit one: a new update corrects it).
-    correcting = incident is not None and request.GET.get("correct") == "1"
+    correcting = incident is not None and kind == DraftKind.UPDATE and request.GET.get("correct") == "1"
+    form_args: dict[str, Any] = {
+        "user": request.user,
+        "kind": kind,
+        "incident": incident,
+        "added_service": added_service,
+        "correcting": correcting,
+    }
     if request.method == "GET":
         initial: dict[str, Any] = {"stage": Stage.INVESTIGATING, "severity": "minor"}
-        if incident is not None:
+        if incident is not None and kind in (DraftKind.ADD_SERVICE, DraftKind.REMOVE_SERVICE):
+            initial = _initial_for_change(incident, kind, added_service)
+        elif incident is not None:
             initial = _initial_for_update(incident, request.GET.get("resolve") == "1")
         elif request.GET.get("service"):
             initial["service"] = request.GET["service"]
@@ -314,10 +391,10 @@ def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> H
         template = _picked(request, kind, incident)
         if template is not None:
             _apply_template(request, template, initial, incident)
-        form = DraftForm(user=request.user, kind=kind, incident=incident, initial=initial, correcting=correcting)
+        form = DraftForm(initial=initial, **form_args)
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None, template=template))
 
-    form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident, correcting=correcting)
+    form = DraftForm(request.POST, **form_args)
     action = request.POST.get("action", "save")
     if action == "validate":
         return _validate(request, form, kind=kind, incident=incident)
@@ -325,14 +402,14 @@ def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> H
     if action not in ("save", "submit") or not form.is_valid():
         status = 422 if form.errors else 200
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None), status)
-    service, fields = form.target_service(), form.draft_fields()
     start = {
         "user": request.user,
-        "service": service,
+        "service": form.target_service(),
         "kind": kind,
-        "fields": fields,
+        "fields": form.draft_fields(),
         "incident": incident,
         "corrects_position": form.corrects_position() if correcting else None,
+        "also_services": form.other_services(),
     }
     try:
         draft_id = workflow.create_and_submit(**start).draft_id if action == "submit" else workflow.create(**start).pk
@@ -350,9 +427,14 @@ def _new(request: HtmxHttpRequest, *, kind: str, incident: Incident | None) -> H
 def draft_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     draft = access.get_scoped_or_404(access.drafts(request.user), pk=pk)
     kind, incident = draft.kind, draft.incident
+    added = draft.service if kind == DraftKind.ADD_SERVICE else None
     if request.method == "GET":
-        initial = {**workflow.draft_fields(draft), "service": draft.service_id}
-        form = DraftForm(user=request.user, kind=kind, incident=incident, initial=initial)
+        initial = {
+            **workflow.draft_fields(draft),
+            "service": draft.service_id,
+            "also_services": list(draft.also_service_ids),
+        }
+        form = DraftForm(user=request.user, kind=kind, incident=incident, added_service=added, initial=initial)
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=draft))
 
     action = request.POST.get("action", "save")
@@ -370,7 +452,7 @@ def draft_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             )
         return _redirect(request, reverse("incidents:draft_detail", kwargs={"pk": draft.pk}))
 
-    form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident)
+    form = DraftForm(request.POST, user=request.user, kind=kind, incident=incident, added_service=added)
     if action == "validate":
         return _validate(request, form, kind=kind, incident=incident)
     if action not in ("save", "submit") or not form.is_valid():
@@ -384,6 +466,7 @@ def draft_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             expected_version=_version(request),
             fields=form.draft_fields(),
             service=form.cleaned_data.get("service"),
+            also_services=form.other_services() if "also_services" in form.fields else None,
         )
     except workflow.EditConflict as exc:
         # Nothing was saved: the form keeps the typed text, the panel shows their version beside it, and the

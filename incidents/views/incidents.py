@@ -38,13 +38,17 @@ def incident_list(request: HtmxHttpRequest) -> HttpResponse:
 def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
     team = incident.service.team
+    in_group = Q(group_id=incident.group_id) if incident.group_id else Q(pk__in=[])
     drafts = (
         access.drafts(request.user)
-        .filter(Q(incident=incident) | Q(publications__incident=incident))
+        .filter(Q(incident=incident) | Q(publications__incident=incident) | in_group)
         .distinct()
         .order_by("-updated_at")
     )
-    publications = list(access.publications(request.user).filter(incident=incident).order_by("-created_at"))
+    # A grouped incident is one local incident: every service's publications show here, each with its actions.
+    publications = list(selectors.group_publications(request.user, incident).order_by("-created_at"))
+    service_rows = selectors.group_services(request.user, incident)
+    grouped = {row.service.pk for row in service_rows}
     updates = list(incident.updates.order_by("-position"))
     # Corrections name the update they correct: the timeline shows it beside that update.
     corrections: dict[int, list] = {}
@@ -71,6 +75,17 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "break_glass_reviews": selectors.break_glass_reviews(request.user)
         .filter(Q(revision__draft__incident=incident) | Q(revision__publications__incident=incident))
         .distinct(),
+        "service_rows": service_rows,
+        # Removing a service resolves its incident; the last open one is resolved with the incident instead.
+        "can_remove_services": sum(1 for row in service_rows if row.incident and not row.incident.resolved) > 1,
+        # Services of the team that could be added to the incident (a reviewed create on each).
+        "addable_services": [
+            service
+            for service in access.services(request.user, access.DRAFTING_ROLES).filter(team=team).order_by("name")
+            if service.pk not in grouped and service.pk != incident.service_id
+        ]
+        if not incident.resolved and incident.remote_id
+        else [],
     }
     return render(request, "incidents/incident_detail.html", context)
 

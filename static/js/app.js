@@ -169,3 +169,25 @@
     if (event.target.matches && event.target.matches("form[data-autosubmit]")) copyValues(event.target);
   }, true);
 })();
+
+/* --- One incident, several services (issue 12, fan-out) --- */
+// The "Also affected" list leaves out the service chosen above (the server ignores it there anyway).
+(function () {
+  "use strict";
+  function syncAlsoAffected() {
+    var primary = document.getElementById("id_service");
+    var list = document.getElementById("id_also_services");
+    if (!primary || !list) return;
+    list.querySelectorAll("input[type=checkbox]").forEach(function (box) {
+      var same = box.value === primary.value;
+      if (same) box.checked = false;
+      box.disabled = same;
+      box.closest("label").classList.toggle("is-primary", same);
+    });
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target && event.target.id === "id_service") syncAlsoAffected();
+  });
+  document.addEventListener("DOMContentLoaded", syncAlsoAffected);
+  document.addEventListener("htmx:afterSettle", syncAlsoAffected);
+})();

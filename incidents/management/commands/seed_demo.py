@@ -9,7 +9,18 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from incidents import audit
-from incidents.models import DraftTemplate, Membership, Role, Service, Severity, Stage, Team, TemplateKind
+from incidents.models import (
+    Draft,
+    DraftKind,
+    DraftTemplate,
+    Membership,
+    Role,
+    Service,
+    Severity,
+    Stage,
+    Team,
+    TemplateKind,
+)
 
 
 class DemoTeam(TypedDict):
@@ -79,6 +90,17 @@ DEMO_TEMPLATES: list[dict[str, str]] = [
 ]
 DEMO_STAFF = "admin"
 SEED_ACTOR = "system:seed_demo"
+# One outage across two services (issue 12): drafted by the responder, approved by the approver, published by the
+# worker to the sandbox as one IsDown incident per service, grouped as one incident here.
+DEMO_GROUPED_TEAM, DEMO_GROUPED_SERVICES = "Platform", ("API", "Dashboard")
+DEMO_GROUPED_AUTHOR, DEMO_GROUPED_APPROVER = "responder", "approver"
+DEMO_GROUPED_FIELDS: dict[str, str] = {
+    "title": "Elevated error rates on API and Dashboard",
+    "severity": "major",
+    "stage": "identified",
+    "description": "Requests to the API and the Dashboard fail intermittently. We found the cause and are rolling "
+    "back a configuration change.",
+}
 
 
 class Command(BaseCommand):
@@ -93,9 +115,15 @@ class Command(BaseCommand):
         password = os.environ.get("DEMO_PASSWORD") or "isdown-demo-2026"
         with transaction.atomic():
             created_users = self._seed(password)
+            grouped = self._seed_grouped_incident()
         if created_users:
             self.stdout.write(f"Demo users created: {', '.join(created_users)}")
-        else:
+        if grouped:
+            self.stdout.write(
+                f"Demo incident across {' and '.join(DEMO_GROUPED_SERVICES)} drafted and approved "
+                f"(draft #{grouped}); the worker publishes it to the sandbox, one IsDown incident per service."
+            )
+        if not created_users and not grouped:
             self.stdout.write("Demo data already present; nothing changed.")
         self._greet(password)
 
@@ -176,6 +204,34 @@ class Command(BaseCommand):
                     summary=f"Demo template “{template.name}” of {team.name} created",
                     changes={name: [None, str(value)] for name, value in fields.items() if value},
                 )
+
+    def _seed_grouped_incident(self) -> int | None:
+        """One incident across API and Dashboard, through the real workflow (drafted, submitted, approved: audited,
+        four eyes); the worker publishes it. Only against the sandbox, and only once. Returns the draft's id."""
+        if not settings.SANDBOX_ENABLED:
+            return None
+        from incidents import workflow
+
+        fields = DEMO_GROUPED_FIELDS
+        if Draft.objects.filter(title=fields["title"]).exists():
+            return None
+        User = get_user_model()
+        team = Team.objects.get(name=DEMO_GROUPED_TEAM)
+        services = [team.services.get(name=name) for name in DEMO_GROUPED_SERVICES]
+        revision = workflow.create_and_submit(
+            user=User.objects.get(username=DEMO_GROUPED_AUTHOR),
+            service=services[0],
+            kind=DraftKind.OPEN,
+            fields=dict(fields),
+            also_services=services[1:],
+        )
+        workflow.approve(
+            draft_id=revision.draft_id,
+            revision_id=revision.pk,
+            reviewer=User.objects.get(username=DEMO_GROUPED_APPROVER),
+            sha256=revision.sha256,
+        )
+        return revision.draft_id
 
     def _register_sandbox_services(self) -> None:
         """Tell the IsDown sandbox about the demo services, so it accepts writes to them."""
