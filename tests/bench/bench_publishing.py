@@ -76,9 +76,9 @@ def wait_until(condition, *, timeout: float, what: str, status=None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise SystemExit(f"BENCH FAILED: timed out after {timeout:g} s waiting for {what}" + (
-                f"\n{status()}" if status else ""
-            ))
+            raise SystemExit(
+                f"BENCH FAILED: timed out after {timeout:g} s waiting for {what}" + (f"\n{status()}" if status else "")
+            )
         time.sleep(0.002)
 
 
@@ -136,7 +136,12 @@ def submitted_drafts(world: dict, n: int) -> list[tuple[int, int, str]]:
             user=world["responder"],
             service=world["service"],
             kind=DraftKind.OPEN,
-            fields={"title": f"Bench {tag} {i}", "severity": "minor", "description": "Benchmark.", "stage": "investigating"},
+            fields={
+                "title": f"Bench {tag} {i}",
+                "severity": "minor",
+                "description": "Benchmark.",
+                "stage": "investigating",
+            },
         )
         revision = workflow.submit(draft_id=draft.pk, user=world["responder"])
         drafts.append((draft.pk, revision.pk, revision.sha256))
@@ -259,8 +264,12 @@ def one_at_a_time(world: dict, n: int, timeout: float) -> list[float]:
         workflow.approve(draft_id=draft_id, revision_id=revision_id, sha256=sha256, reviewer=world["approver"])
         approved = time.time()
         done = Publication.objects.filter(draft_id=draft_id, state=PublicationState.PUBLISHED)
-        wait_until(done.exists, timeout=timeout, what=f"draft {draft_id} to be published",
-                   status=lambda d=draft_id: publications_status([d]))
+        wait_until(
+            done.exists,
+            timeout=timeout,
+            what=f"draft {draft_id} to be published",
+            status=lambda d=draft_id: publications_status([d]),
+        )
         publication = done.get()
         claimed = publication.attempt_rows.order_by("number").first().started_at.timestamp()
         latencies.append(publication.published_at.timestamp() - started)
@@ -289,8 +298,9 @@ def burst(world: dict, n: int, timeout: float) -> float:
     for publication_id in held:
         enqueue.publication(publication_id)
     done = Publication.objects.filter(draft_id__in=ids, state=PublicationState.PUBLISHED)
-    wait_until(lambda: done.count() == n, timeout=timeout, what=f"{n} publications",
-               status=lambda: publications_status(ids))
+    wait_until(
+        lambda: done.count() == n, timeout=timeout, what=f"{n} publications", status=lambda: publications_status(ids)
+    )
     last = max(p.timestamp() for p in done.values_list("published_at", flat=True))
     return n / (last - released)
 
@@ -311,8 +321,18 @@ def main() -> None:
     from django.db import connection
 
     server = subprocess.Popen(
-        [str(BIN / "gunicorn"), "isdown_admin.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", "8",
-         "--log-level", "warning"],
+        [
+            str(BIN / "gunicorn"),
+            "isdown_admin.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            "2",
+            "--threads",
+            "8",
+            "--log-level",
+            "warning",
+        ],
         cwd=ROOT,
         env=os.environ.copy(),
     )
@@ -389,7 +409,9 @@ def print_table(title: str, rows: list[dict]) -> None:
     print("| goal | measured | baseline (same run) | ratio | met |")
     print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['goal']} | {row['measured']} | {row['baseline']} | {row['ratio']} | {'yes' if row['met'] else 'NO'} |")
+        print(
+            f"| {row['goal']} | {row['measured']} | {row['baseline']} | {row['ratio']} | {'yes' if row['met'] else 'NO'} |"
+        )
     sys.stdout.flush()
 
 
