@@ -37,13 +37,20 @@ def incident_list(request: HtmxHttpRequest) -> HttpResponse:
 def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
     team = incident.service.team
-    drafts = (
+    drafts = list(
         access.drafts(request.user)
         .filter(Q(incident=incident) | Q(publications__incident=incident))
         .distinct()
         .order_by("-updated_at")
     )
-    publications = list(access.publications(request.user).filter(incident=incident).order_by("-created_at"))
+    # One query for the rows and what their blocks show, one for all their attempts (a busy incident has many).
+    publications = list(
+        access.publications(request.user)
+        .filter(incident=incident)
+        .select_related("request", "service", "revision", "team")
+        .prefetch_related("attempt_rows")
+        .order_by("-created_at")
+    )
     context = {
         "incident": incident,
         "updates": list(incident.updates.order_by("-position")),
@@ -53,7 +60,10 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             selectors.publication_block(request.user, publication, return_to=return_path(request))
             for publication in publications
         ],
-        "history": selectors.incident_history(request.user, incident),
+        # The same drafts and publications as incident_related_ids would read again.
+        "history": selectors.incident_history(
+            request.user, incident, related=([d.pk for d in drafts], [p.pk for p in publications])
+        ),
         "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
         "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
     }
