@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -45,11 +46,11 @@ QUERY_GOAL = 15
 P95_GOAL_MS = 100.0
 
 
-def setup(database_url: str) -> None:
+def setup(database_url: str, *, fresh: bool = False) -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isdown_admin.settings")
     os.environ["LOG_LEVEL"] = "WARNING"
-    ensure_database(database_url)
+    ensure_database(database_url, fresh=fresh)
     import django
 
     django.setup()
@@ -225,7 +226,7 @@ def chain_tail_is_valid(rows: int = 2000) -> bool:
 
     events = list(AuditEvent.objects.order_by("-seq")[:rows])[::-1]
     return all(audit.compute_hash(e.prev_hash, e) == e.hash for e in events) and all(
-        later.prev_hash == earlier.hash for earlier, later in zip(events, events[1:], strict=False)
+        later.prev_hash == earlier.hash for earlier, later in itertools.pairwise(events)
     )
 
 
@@ -355,9 +356,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0, help="per URL in the concurrent part")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--database-suffix", default="_pagesbench")
+    parser.add_argument("--fresh", action="store_true", help="drop the bench's database first")
     args = parser.parse_args()
 
-    setup(bench_database_url("_pagesbench"))
+    setup(bench_database_url(args.database_suffix), fresh=args.fresh)
     from incidents.models import AuditEvent
 
     w = world()
@@ -377,7 +380,8 @@ def main() -> None:
     rates = concurrent(w, clients=args.clients, seconds=args.seconds)
 
     print(
-        f"\nP2 pages: {args.incidents:,} incidents, {args.incidents * 10:,} updates; audit events {args.first:,} → {args.events:,}"
+        f"\nP2 pages: {args.incidents:,} incidents, {args.incidents * 10:,} updates; "
+        f"audit events {args.first:,} → {args.events:,}"
         f" (p95 of {args.runs} requests, in-process, DEBUG=1; 2 shared cores: noisy)\n"
     )
     print(f"| page | p95 at {args.first:,} | p95 at {args.events:,} | ratio | queries | KB |")

@@ -9,7 +9,7 @@ second, as beat would), so one lost message costs a second, never a hang:
 - **P1a, one approval at a time** (no added latency): approve one draft (``workflow.approve``: review, outbox row,
   audit, enqueue on commit), wait until it is published, next. Per approval: from the start of ``approve()`` to the
   publication's ``published_at``. Baselines: the same create POSTed to the sandbox with one keep-alive httpx
-  client, one call after another, and with a fresh client per call. Goal: p95 ≤ 1.5 × bare keep-alive p95 + 20 ms.
+  client, one call after another, and with a fresh client per call. Goal: p95 ≤ 1.5 x bare keep-alive p95 + 20 ms.
 - **P1b, a burst** with ``--latency`` ms added by the sandbox to every create: ``--n`` drafts are approved with
   the broker held back (their messages collected, not sent), then all are enqueued at once; throughput is N over
   the time from that release to the last ``published_at`` (the bench's own approving loop is not counted).
@@ -49,7 +49,8 @@ def bench_database_url(suffix: str = "_pubbench") -> str:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
 
 
-def ensure_database(url: str) -> None:
+def ensure_database(url: str, *, fresh: bool = False) -> None:
+    """Create the bench's database (``fresh``: drop it first) as DATABASE_ADMIN_URL, owned by the URL's user."""
     import psycopg
 
     parts = urlsplit(url)
@@ -57,6 +58,8 @@ def ensure_database(url: str) -> None:
     admin = os.environ.get("DATABASE_ADMIN_URL") or urlunsplit(parts._replace(path="/postgres"))
     owner = parts.username or "isdown_owner"
     with psycopg.connect(admin, autocommit=True) as conn:
+        if fresh:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
 
@@ -82,7 +85,7 @@ def wait_until(condition, *, timeout: float, what: str, status=None) -> None:
         time.sleep(0.002)
 
 
-def setup(database_url: str, api_url: str, queue: str) -> None:
+def setup(database_url: str, api_url: str, queue: str, *, fresh: bool = False) -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isdown_admin.settings")
     os.environ.pop("ISDOWN_API_KEY", None)
@@ -91,7 +94,7 @@ def setup(database_url: str, api_url: str, queue: str) -> None:
     os.environ["CELERY_DEFAULT_QUEUE"] = queue
     os.environ["LOG_LEVEL"] = "WARNING"
     os.environ["SWEEP_INTERVAL"] = "1"
-    ensure_database(database_url)
+    ensure_database(database_url, fresh=fresh)
     import django
 
     django.setup()
@@ -313,11 +316,13 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=50, help="ms the sandbox adds to every create in P1b")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a wait fails loudly")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--database-suffix", default="_pubbench")
+    parser.add_argument("--fresh", action="store_true", help="drop the bench's database first")
     args = parser.parse_args()
 
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/sandbox"
-    setup(bench_database_url(), api_url, f"publish-bench-{uuid.uuid4().hex[:8]}")
+    setup(bench_database_url(args.database_suffix), api_url, f"publish-bench-{uuid.uuid4().hex[:8]}", fresh=args.fresh)
     from django.db import connection
 
     server = subprocess.Popen(
@@ -378,7 +383,7 @@ def main() -> None:
     goal_p1a = 1.5 * keep_p95 + 0.020
     rows = [
         {
-            "goal": "P1a approve→published p95 ≤ 1.5 × bare keep-alive p95 + 20 ms",
+            "goal": "P1a approve→published p95 ≤ 1.5 x bare keep-alive p95 + 20 ms",
             "measured": f"p95 {p1a_p95 * 1000:.0f} ms (p50 {statistics.median(p1a) * 1000:.0f} ms, n={args.n1})",
             "baseline": f"bare keep-alive POST p95 {keep_p95 * 1000:.1f} ms; fresh client {fresh_p95 * 1000:.1f} ms "
             f"→ goal ≤ {goal_p1a * 1000:.0f} ms",
@@ -388,7 +393,8 @@ def main() -> None:
         {
             "goal": f"P1b burst of {args.n}, {args.workers} workers, {args.latency} ms: ≥ 90 % of bare httpx",
             "measured": f"{p1b:.1f} publications/s",
-            "baseline": f"bare httpx, {args.workers} threads: {bare:.1f}/s (ideal {args.workers / max(args.latency, 1) * 1000:.0f}/s)",
+            "baseline": f"bare httpx, {args.workers} threads: {bare:.1f}/s "
+            f"(ideal {args.workers / max(args.latency, 1) * 1000:.0f}/s)",
             "ratio": f"{p1b / bare * 100:.0f} %",
             "met": p1b >= 0.9 * bare,
         },
@@ -396,9 +402,8 @@ def main() -> None:
     print_table("P1 publishing (sandbox over HTTP; 2 shared cores: noisy)", rows)
     phases = PHASES[1:]  # the first one warmed the workers up
     print(
-        "\nP1a phases, p50: approve() {:.0f} ms; approve's return → claim {:.0f} ms; claim → published {:.0f} ms".format(
-            *(statistics.median(p[i] for p in phases) * 1000 for i in range(3))
-        )
+        "\nP1a phases, p50: approve() {:.0f} ms; approve's return → claim {:.0f} ms; "
+        "claim → published {:.0f} ms".format(*(statistics.median(p[i] for p in phases) * 1000 for i in range(3)))
     )
     if args.json:
         Path(args.json).write_text(json.dumps(rows))
@@ -409,9 +414,8 @@ def print_table(title: str, rows: list[dict]) -> None:
     print("| goal | measured | baseline (same run) | ratio | met |")
     print("|---|---|---|---|---|")
     for row in rows:
-        print(
-            f"| {row['goal']} | {row['measured']} | {row['baseline']} | {row['ratio']} | {'yes' if row['met'] else 'NO'} |"
-        )
+        met = "yes" if row["met"] else "NO"
+        print(f"| {row['goal']} | {row['measured']} | {row['baseline']} | {row['ratio']} | {met} |")
     sys.stdout.flush()
 
 
