@@ -248,6 +248,15 @@ def sweeper(stop: threading.Event) -> None:
         connection.close()
 
 
+def cpu_seconds(processes: list[subprocess.Popen]) -> float:
+    """User + system CPU the worker processes have used so far (Linux /proc)."""
+    total = 0
+    for process in processes:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def publications_status(draft_ids: list[int]) -> str:
     from django.db.models import Count
 
@@ -362,11 +371,15 @@ def main() -> None:
         threading.Thread(target=sweeper, args=(stop,), daemon=True).start()
         # The workers are up once a first publication goes through (start-up is not what is measured).
         one_at_a_time(world, 1, args.timeout)
+        cpu = cpu_seconds(workers)
         p1a = one_at_a_time(world, args.n1, args.timeout)
+        cpu_p1a = (cpu_seconds(workers) - cpu) / args.n1
         set_latency(args.latency)
         bare = bare_rate(api_url, service_id, args.n, args.workers)
         set_latency(args.latency)  # a fault covers COUNT_MAX requests: a fresh one for the burst
+        cpu = cpu_seconds(workers)
         p1b = burst(world, args.n, args.timeout)
+        cpu_p1b = (cpu_seconds(workers) - cpu) / args.n
         set_latency(0)
     finally:
         stop.set()
@@ -404,6 +417,10 @@ def main() -> None:
     print(
         "\nP1a phases, p50: approve() {:.0f} ms; approve's return → claim {:.0f} ms; "
         "claim → published {:.0f} ms".format(*(statistics.median(p[i] for p in phases) * 1000 for i in range(3)))
+    )
+    print(
+        f"Worker CPU per publication (user + system, all workers): {cpu_p1a * 1000:.0f} ms one at a time, "
+        f"{cpu_p1b * 1000:.0f} ms in the burst"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(rows))
