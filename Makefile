@@ -22,7 +22,7 @@ CHAOS_ARGS ?=
 WORKER_CMD := celery -A isdown_admin worker --loglevel=INFO --queues=publish,default --concurrency=2 --prefetch-multiplier=1
 BEAT_CMD := celery -A isdown_admin beat --loglevel=INFO --schedule=var/celerybeat-schedule
 
-.PHONY: run test fuzz chaos install install-dev preflight migrate seed worker beat lint check-deploy compose-check clean
+.PHONY: bench run test fuzz chaos install install-dev preflight migrate seed worker beat lint check-deploy compose-check clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "isdown-admin needs Python 3.11 or newer")'
@@ -86,6 +86,20 @@ fuzz: install-dev
 ## sandbox's own record. Outside make test (a small one runs there); its own database and Redis, never the shared ones.
 chaos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m tests.chaos.soak --n $(N) $(CHAOS_ARGS)
+
+## make bench: the benchmarks of issue 13 at the sizes it names, each figure beside its baseline from the same run
+## and the ratio; one table of every goal at the end. Each bench uses a database of its own (DB_NAME + _pubbench,
+## _pagesbench, _verifybench). Smaller or larger: make bench BENCH_PUBLISHING_ARGS="--n 100" BENCH_PAGES_ARGS="--events 200000"
+BENCH_PUBLISHING_ARGS ?=
+BENCH_PAGES_ARGS ?=
+BENCH_VERIFY_ARGS ?=
+bench: install-dev
+	$(PY) -m isdown_admin.preflight --create-db
+	@mkdir -p var/bench
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_publishing.py --json var/bench/p1.json $(BENCH_PUBLISHING_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_pagination.py --fresh --json var/bench/p2.json $(BENCH_PAGES_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_verify.py $(BENCH_VERIFY_ARGS)
+	$(PY) tests/bench/report.py var/bench/p1.json var/bench/p2.json var/bench/p3.json
 
 ## make lint: style (ruff), the import contracts (.importlinter) and the types (mypy.ini). Fast: CI runs it first.
 ## The django-stubs plugin loads the settings, so it runs with make's development environment (DEBUG=1 above).

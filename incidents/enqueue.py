@@ -39,10 +39,13 @@ def _send(task: str, object_id: int, *, queue: str | None = None, countdown: flo
 
 def publication(publication_id: int, *, countdown: float | None = None) -> bool:
     """Ask a worker to take the next step of this publication (now, or in ``countdown`` seconds)."""
+    # The sweeper leaves a recently enqueued publication alone for a while. Marked before the message leaves: a
+    # worker that takes the message at once would otherwise find the row locked by this UPDATE, and its claim
+    # skips locked rows (the publication then waited for a sweep).
+    Publication.objects.filter(pk=publication_id).update(last_enqueued_at=timezone.now())
     sent = _send(PUBLISH_TASK, publication_id, queue=settings.CELERY_PUBLISH_QUEUE, countdown=countdown)
-    if sent:
-        # The sweeper leaves a recently enqueued publication alone for a while.
-        Publication.objects.filter(pk=publication_id).update(last_enqueued_at=timezone.now())
+    if not sent:
+        Publication.objects.filter(pk=publication_id).update(last_enqueued_at=None)  # the sweeper's turn, at once
     return sent
 
 

@@ -28,13 +28,16 @@ log line, an exception message, a repr, or an ``Exchange``; response text is scr
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import email.utils
 import hashlib
 import json
 import logging
+import os
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -275,6 +278,21 @@ class _Deadline:
 _current_deadline: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar("isdown_deadline", default=None)
 
 
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Bound every call made inside the block, by any client, by one wall-clock deadline ``seconds`` from now. A
+    deadline already in force (an outer block) is kept. A publisher starts it before it writes the lease that
+    covers the call, so the call can never outlive the lease."""
+    if _current_deadline.get() is not None:
+        yield
+        return
+    token = _current_deadline.set(_Deadline(time.monotonic() + seconds))
+    try:
+        yield
+    finally:
+        _current_deadline.reset(token)
+
+
 def _resolve(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
     """``getaddrinfo`` bounded by ``timeout`` (it has none of its own): a stalled lookup is left behind in a
     daemon thread and reported as a connect timeout, so the request it was for is never sent."""
@@ -375,12 +393,29 @@ class _DeadlineBackend(httpcore.SyncBackend):
         raise last_error or httpcore.ConnectError(f"no address for {host}")
 
 
+_shared_tls: tuple[int, ssl.SSLContext] | None = None
+_shared_tls_lock = threading.Lock()
+# A context that can make no TLS connection at all (no CA loaded: every certificate fails): what a plain-http
+# client is given, so that building one never loads a CA bundle (httpx loads certifi's, ~20 ms, for verify=True).
+_NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def shared_tls_context() -> ssl.SSLContext:
+    """The TLS context every https client of this process shares: httpx's default (certifi's CA bundle, or
+    SSL_CERT_FILE / SSL_CERT_DIR), built once per process (after a fork, the child builds its own)."""
+    global _shared_tls
+    with _shared_tls_lock:
+        if _shared_tls is None or _shared_tls[0] != os.getpid():
+            _shared_tls = (os.getpid(), httpx.create_ssl_context())
+        return _shared_tls[1]
+
+
 def _transport(base_url: str) -> httpx.HTTPTransport:
-    """httpx's transport with the deadline-aware network backend. The TLS context (and its CA bundle) is only
-    built for an https base URL."""
-    transport = httpx.HTTPTransport()
+    """httpx's transport with the deadline-aware network backend. Only an https base URL gets a real TLS context
+    (the process's shared one); building a plain-http transport loads no CA bundle."""
+    ssl_context = shared_tls_context() if base_url.startswith("https://") else _NO_TLS
+    transport = httpx.HTTPTransport(verify=ssl_context)
     transport._pool.close()
-    ssl_context = httpx.create_ssl_context() if base_url.startswith("https://") else None
     transport._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=_DeadlineBackend())
     return transport
 
@@ -559,18 +594,10 @@ class IsDownClient:
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "[redacted]") if self._secret else text
 
-    @contextmanager
-    def deadline(self, seconds: float | None = None) -> Iterator[None]:
+    def deadline(self, seconds: float | None = None) -> contextlib.AbstractContextManager[None]:
         """Bound every call inside the block by one wall-clock deadline (``timeout`` seconds unless given). A
         deadline already in force (an outer block) is kept."""
-        if _current_deadline.get() is not None:
-            yield
-            return
-        token = _current_deadline.set(_Deadline(time.monotonic() + (self.timeout if seconds is None else seconds)))
-        try:
-            yield
-        finally:
-            _current_deadline.reset(token)
+        return deadline(self.timeout if seconds is None else seconds)
 
     def _exchange(self, method: str, path: str, content: bytes | None) -> tuple[httpx.Response, Exchange]:
         """Make one call; return the 2xx response, or raise the error class that says what is safe."""
@@ -584,6 +611,9 @@ class IsDownClient:
             current = _current_deadline.get()
             assert current is not None
             current.wrote = False
+            if current.remaining() <= 0:  # spent before this call began (a slow claim, an earlier page)
+                self._log(method, path, None, elapsed(), "deadline passed before sending")
+                raise NotSent("the call's deadline passed before the request was sent", latency_ms=elapsed())
             try:
                 response = self._http.request(method, path, content=content, headers=headers)
             except _DeadlinePassed:

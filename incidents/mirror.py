@@ -53,6 +53,7 @@ def remote_snapshot(remote: isdown.RemoteIncident) -> dict[str, Any]:
 
 def apply_remote(*, incident: Incident, remote: isdown.RemoteIncident, now: datetime) -> dict[str, list[Any]]:
     """Bring ``incident`` (new, or locked by the caller) in line with ``remote``; return ``{field: [old, new]}``."""
+    new = incident.pk is None
     before = snapshot(incident)
     after = remote_snapshot(remote)
     incident.remote_id = remote.id
@@ -71,7 +72,8 @@ def apply_remote(*, incident: Incident, remote: isdown.RemoteIncident, now: date
     incident.last_activity_at = max(filter(None, [incident.last_activity_at, remote.updated_at, remote.created_at]))
     incident.save()
     if after["updates"] != before["updates"]:
-        IncidentUpdate.objects.filter(incident=incident).delete()
+        if not new:  # a new incident has no rows to replace
+            IncidentUpdate.objects.filter(incident=incident).delete()
         IncidentUpdate.objects.bulk_create(
             IncidentUpdate(
                 incident=incident,

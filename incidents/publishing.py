@@ -25,11 +25,15 @@ Invariants (tested under real faults in tests/publishing/):
   of one incident are serialised on its row). A publication waits while an earlier one for the same incident
   is queued, in flight, or failed/needs attention: those hold the queue until a human retries or abandons
   them. A partial unique index allows one holding publication per incident.
-- **Fenced sends.** A claim commits ``sending`` with a fresh attempt token and a lease; right before the call a
-  short transaction re-checks the token is still the row's and renews the lease; the call has a wall-clock
-  deadline (DNS included) shorter than the lease, and a request whose deadline passed is never started
-  (isdown.py). So no send leaves after its lease, and a success that lands on a row already moved on is
-  either adopted (the row was still undecided) or a detected duplicate.
+- **Fenced sends.** The claim is the fence: the call's wall-clock deadline (DNS included) starts before the
+  claim's transaction, which commits ``sending`` with a fresh attempt token and a lease longer than that
+  deadline (ISDOWN_TIMEOUT < the lease, checked at start-up), right before the call. Only the sweeper can take
+  a ``sending`` row over, and only once its lease has expired, by which time the deadline has passed, and a
+  request whose deadline passed is never started (isdown.py). So no send leaves after its lease, and a success
+  that lands on a row already moved on is either adopted (the row was still undecided) or a detected duplicate.
+- **On a budget.** One publication costs the worker two transactions (the claim, the record), each one locking
+  the row once with a narrow select that carries what the claim checks (the integrity hashes, the attempt
+  number, the publication ahead), and writing only what changed.
 - **Nothing resent on a guess.** An unknown outcome is reconciled: IsDown is looked at, matching everything
   that was approved (matching.py), at each point of PUBLISH_RECONCILE_WINDOWS after the doubt began. Found →
   adopt. Absent at every look → send again. A look that fails for a reason that does not last (5xx, 429,
@@ -59,8 +63,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.contrib.postgres.expressions import ArraySubquery
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import CharField, Exists, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from . import access, audit, enqueue, isdown, matching, mirror, notifications, workflow
@@ -74,6 +80,7 @@ from .models import (
     PublicationState,
     PublishAttempt,
     ReviewDecision,
+    RevisionRequest,
 )
 
 logger = logging.getLogger(__name__)
@@ -206,7 +213,11 @@ def integrity_problem(publication: Publication) -> str | None:
     revision = publication.revision
     if approved_request(publication).sha256 != publication.request.sha256:
         return "the request no longer matches its SHA-256"
-    hashes = [(request.position, request.sha256) for request in revision.requests.all()]
+    lines = getattr(publication, "request_hash_lines", None)  # carried by the claim's select (_lock_to_claim)
+    if lines is not None:
+        hashes = [(int(position), sha) for position, sha in (line.split(" ", 1) for line in lines)]
+    else:
+        hashes = [(request.position, request.sha256) for request in revision.requests.all()]
     if isdown.requests_sha256(hashes) != revision.sha256:
         return "the revision's requests no longer match the revision's SHA-256"
     review = getattr(revision, "review", None)
@@ -248,6 +259,7 @@ def _move(
     if unknown:
         raise IllegalMove(f"publication fields {sorted(unknown)} are not the protocol's to set")
     default = None if changing else _KEEP
+    written = ["state", "updated_at", *fields]
     for name, value in (
         ("next_attempt_at", next_attempt_at),
         ("lease_expires_at", lease_expires_at),
@@ -256,14 +268,18 @@ def _move(
         value = default if value is _KEEP else value
         if value is not _KEEP:
             setattr(publication, name, value)
+            written.append(name)
     if last_error is not _KEEP:
         publication.last_error = str(last_error)[:TEXT_LIMIT]
+        written.append("last_error")
     elif changing:
         publication.last_error = ""
+        written.append("last_error")
     for name, value in fields.items():
         setattr(publication, name, value)
     publication.state = to
-    publication.save()
+    # Only what this move wrote.
+    publication.save(update_fields=written)
     if changing:
         # Every row lock this move needs is taken before the audit log's lock (held to commit), never after.
         workflow.follow_publications(draft_id=publication.draft_id)
@@ -333,8 +349,9 @@ class _Claim:
     service_id: int  # IsDown's
     target_remote_id: str  # the incident an update addresses; for a watch after a create, the one created
     since: datetime  # the first send's start: what counts as possibly ours on IsDown
-    claimed_ids: frozenset[str]  # IsDown ids other publications or incidents already own
+    claimed_ids: frozenset[str]  # IsDown ids other publications or incidents already own (for looks at a create)
     task_id: str
+    first_attempt: bool = False  # the publication's first attempt of any kind: no earlier send can have landed
 
 
 def process(*, publication_id: int, task_id: str = "", client: isdown.IsDownClient | None = None) -> Step:
@@ -342,20 +359,22 @@ def process(*, publication_id: int, task_id: str = "", client: isdown.IsDownClie
 
     Safe to call any number of times for the same id, concurrently: a row that is locked, not due, leased,
     waiting its turn or final is left alone."""
-    claim = _claim(publication_id=publication_id, task_id=task_id)
-    if isinstance(claim, Step):
-        return claim
-    own_client = client is None
-    client = client or make_client()
-    try:
-        if claim.kind == AttemptKind.SEND:
-            return _send(claim, client)
-        if claim.kind == AttemptKind.RECONCILE:
-            return _check(claim, client)
-        return _watch(claim, client)
-    finally:
-        if own_client:
-            client.close()
+    # The claim is the fence: the call's deadline starts before the claim writes the lease that covers the call.
+    with isdown.deadline(settings.ISDOWN_TIMEOUT):
+        claim = _claim(publication_id=publication_id, task_id=task_id)
+        if isinstance(claim, Step):
+            return claim
+        own_client = client is None
+        client = client or make_client()
+        try:
+            if claim.kind == AttemptKind.SEND:
+                return _send(claim, client)
+            if claim.kind == AttemptKind.RECONCILE:
+                return _check(claim, client)
+            return _watch(claim, client)
+        finally:
+            if own_client:
+                client.close()
 
 
 def _lock(publication_id: int, *, skip_locked: bool = False) -> Publication | None:
@@ -367,7 +386,70 @@ def _lock(publication_id: int, *, skip_locked: bool = False) -> Publication | No
     )
 
 
+# What a worker reads of a publication and its relations: no JSON result, no draft or incident rows.
+_WORKER_FIELDS = (
+    *(
+        f.attname
+        for f in Publication._meta.concrete_fields
+        if f.attname not in {"result", "duplicate_remote_ids", "decision_note", "created_at", "last_enqueued_at"}
+    ),
+    "request__method",
+    "request__path",
+    "request__body",
+    "request__sha256",
+    "revision__sha256",
+    "revision__review__decision",
+    "revision__review__sha256",
+    "team__name",
+    "service__isdown_service_id",
+)
+
+
+def _lock_for_worker(publication_id: int) -> Publication | None:
+    """The row a worker records on, locked (waiting for a claim or a human that holds it), narrow."""
+    return (
+        Publication.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("request", "revision", "revision__review", "team", "service")
+        .only(*_WORKER_FIELDS)
+        .filter(pk=publication_id)
+        .first()
+    )
+
+
+def _lock_to_claim(publication_id: int) -> Publication | None:
+    """The row a claim decides on, locked unless someone holds it, with what the claim checks in the same
+    statement: the revision's request hashes, the last attempt's number and the publication ahead of it."""
+    ahead = (
+        Publication.objects.filter(
+            target_remote_id=OuterRef("target_remote_id"), state__in=UNSETTLED, pk__lt=OuterRef("pk")
+        )
+        .exclude(target_remote_id="")
+        .order_by("pk")
+        .values("pk")[:1]
+    )
+    return (
+        Publication.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
+        .select_related("request", "revision", "revision__review", "team", "service")
+        .only(*_WORKER_FIELDS)
+        .annotate(
+            request_hash_lines=ArraySubquery(
+                RevisionRequest.objects.filter(revision_id=OuterRef("revision_id"))
+                .order_by("position")
+                .values(line=Concat(Cast("position", CharField()), Value(" "), "sha256", output_field=CharField()))
+            ),
+            last_attempt_number=Subquery(
+                PublishAttempt.objects.filter(publication_id=OuterRef("pk")).order_by("-number").values("number")[:1]
+            ),
+            ahead_id=Subquery(ahead),
+        )
+        .filter(pk=publication_id)
+        .first()
+    )
+
+
 def _next_attempt_number(publication: Publication) -> int:
+    if hasattr(publication, "last_attempt_number"):  # carried by the claim's select
+        return (publication.last_attempt_number or 0) + 1
     last = publication.attempt_rows.order_by("-number").values_list("number", flat=True).first()
     return (last or 0) + 1
 
@@ -389,7 +471,7 @@ def _claim(*, publication_id: int, task_id: str) -> _Claim | Step:
     """Lock the row (skipping it if another worker holds it), decide what is due, record the claim, commit."""
     now = timezone.now()
     with transaction.atomic():
-        publication = _lock(publication_id, skip_locked=True)
+        publication = _lock_to_claim(publication_id)
         if publication is None:
             return Step(state="locked_or_gone")
         if publication.next_attempt_at and publication.next_attempt_at > now:
@@ -397,9 +479,9 @@ def _claim(*, publication_id: int, task_id: str) -> _Claim | Step:
         if publication.lease_expires_at and publication.lease_expires_at > now:
             return Step(state=publication.state)  # someone is on it
         if publication.state in CLAIMABLE_FOR_SEND:
-            ahead = ahead_of(publication)
-            if ahead is not None:
-                return Step(state=publication.state, waiting_for=ahead.pk)
+            ahead_id: int | None = getattr(publication, "ahead_id", None)  # carried by the claim's select
+            if ahead_id is not None:
+                return Step(state=publication.state, waiting_for=ahead_id)
             problem = integrity_problem(publication)
             if problem is not None:
                 _move(
@@ -476,8 +558,12 @@ def _claim_for(publication: Publication, attempt: PublishAttempt, *, token: uuid
         service_id=publication.service.isdown_service_id,
         target_remote_id=publication.target_remote_id or publication.remote_id,
         since=publication.first_sent_at or attempt.started_at,
-        claimed_ids=_claimed_ids(publication),
+        # Only a look at a create judges which incidents are someone else's; a send needs none of it.
+        claimed_ids=_claimed_ids(publication)
+        if attempt.kind != AttemptKind.SEND and request.method == "POST"
+        else frozenset(),
         task_id=task_id,
+        first_attempt=attempt.number == 1,
     )
 
 
@@ -492,15 +578,18 @@ def _complete(
 ) -> None:
     attempt.finished_at = now or timezone.now()
     attempt.outcome = outcome
+    fields = ["finished_at", "outcome", "error"]
     exchange = exchange or (error.exchange if isinstance(error, isdown.IsDownError) else None)
     if exchange is not None:
         attempt.status_code = exchange.status_code
         attempt.latency_ms = exchange.latency_ms
         attempt.response_excerpt = exchange.excerpt[:TEXT_LIMIT]
+        fields += ["status_code", "latency_ms", "response_excerpt"]
     elif isinstance(error, isdown.IsDownError):
         attempt.latency_ms = error.latency_ms
+        fields.append("latency_ms")
     attempt.error = (describe(error) if error is not None else note)[:TEXT_LIMIT]
-    attempt.save()
+    attempt.save(update_fields=fields)
 
 
 def describe(error: BaseException) -> str:
@@ -510,28 +599,17 @@ def describe(error: BaseException) -> str:
 
 
 def _locked_claim(claim: _Claim) -> tuple[Publication, PublishAttempt, bool]:
-    """Lock the row and the attempt; say whether the claim still owns the row."""
-    publication = _lock(claim.publication_id)
+    """Lock the row; say whether the claim still owns it. The attempt is written by id, unread: only the row's
+    holder writes its attempts (the sweeper too locks the row first)."""
+    publication = _lock_for_worker(claim.publication_id)
     assert publication is not None  # publications are never deleted (PROTECT everywhere)
-    attempt = PublishAttempt.objects.select_for_update(no_key=True).get(pk=claim.attempt_id)
+    attempt = PublishAttempt(pk=claim.attempt_id, publication_id=claim.publication_id)
     return publication, attempt, publication.attempt_token == claim.token
 
 
 # --- Send ---------------------------------------------------------------------------------------------------
-def _fence(claim: _Claim) -> bool:
-    """Right before the call: is the claim still the row's? Then renew the lease to cover the call."""
-    with transaction.atomic():
-        publication, attempt, ours = _locked_claim(claim)
-        if not (ours and publication.state == S.SENDING):
-            _complete(attempt, outcome=O.NOT_SENT, note="Not sent: another worker or the sweeper took the row over.")
-            return False
-        _move(publication, S.SENDING, lease_expires_at=_lease(timezone.now()))
-    return True
-
-
 def _send(claim: _Claim, client: isdown.IsDownClient) -> Step:
-    if not _fence(claim):
-        return Step(state="fenced")
+    """Make the claimed call (fenced by the claim: see the module docstring) and record it."""
     result: isdown.Result | None = None
     error: BaseException | None = None
     try:
@@ -565,7 +643,14 @@ def _record_send(claim: _Claim, *, result: isdown.Result | None, error: BaseExce
             return Step(state=publication.state)
         _complete(attempt, outcome=attempt_outcome, error=error, exchange=result.exchange if result else None, now=now)
         if result is not None:
-            _publish(publication, remote=result.incident, now=now, task_id=claim.task_id, how="sent")
+            _publish(
+                publication,
+                remote=result.incident,
+                now=now,
+                task_id=claim.task_id,
+                how="sent",
+                only_send=claim.first_attempt,
+            )
             return Step(state=publication.state, run_again_in=_watch_countdown(publication, now))
         if outcome == Outcome.REJECTED:
             detail = getattr(error, "detail", None) or str(error)
@@ -666,9 +751,11 @@ def _publish(
     how: str,
     actor: User | None = None,
     action: str | None = None,
+    only_send: bool = False,
 ) -> Incident:
     """Store what IsDown holds, link it, and move the publication to ``published`` (caller's transaction). When
-    more than one send may have landed, a late twin is watched for."""
+    more than one send may have landed, a late twin is watched for (``only_send``: this was its first attempt of
+    any kind, so no other send can have landed)."""
     grouped: dict[str, Any] = {}
     if publication.request.method == "POST":
         incident = Incident.objects.select_for_update(no_key=True).filter(remote_id=remote.id).first()
@@ -687,7 +774,7 @@ def _publish(
     effect = matching.Effect.of(approved_request(publication))
     # Two sends that may both have landed: the other one can still turn up. (A title or severity change
     # cannot be duplicated.)
-    if _maybe_landed_sends(publication) >= 2 and (effect.creates or effect.posts_an_entry):
+    if (effect.creates or effect.posts_an_entry) and not only_send and _maybe_landed_sends(publication) >= 2:
         windows = settings.PUBLISH_WATCH_WINDOWS
         watch = {
             "watch_until": now + timedelta(seconds=windows[-1]),

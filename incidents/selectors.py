@@ -26,6 +26,7 @@ from .models import (
     Incident,
     Publication,
     PublicationState,
+    PublishAttempt,
     Review,
     ReviewDecision,
     Team,
@@ -167,9 +168,10 @@ def history_for(
     return History(visible=True, events=events[:limit], truncated=len(events) > limit, more_url=more_url)
 
 
-def incident_history(user, incident: Incident) -> History:
-    """The incident page's history: the incident's events and its drafts' and publications'."""
-    drafts, publications = incident_related_ids(user, incident.pk)
+def incident_history(user, incident: Incident, related: tuple[list[int], list[int]] | None = None) -> History:
+    """The incident page's history: the incident's events and its drafts' and publications'. ``related``: their
+    ids (``incident_related_ids``), when the caller has them already."""
+    drafts, publications = related if related is not None else incident_related_ids(user, incident.pk)
     return history_for(
         user,
         target_type="incident",
@@ -234,6 +236,12 @@ def incidents_matching(user, filters: Mapping[str, Any]) -> QuerySet[Incident]:
 
 
 # --- Publications -------------------------------------------------------------------------------------------
+def _attempts(publication: Publication) -> list[PublishAttempt]:
+    if "attempt_rows" in getattr(publication, "_prefetched_objects_cache", {}):
+        return sorted(publication.attempt_rows.all(), key=lambda attempt: attempt.number)
+    return list(publication.attempt_rows.order_by("number"))
+
+
 def publication_block(user, publication: Publication, *, return_to: str, **extra: Any) -> dict[str, Any]:
     """Everything ``_publication.html`` needs: the row, its attempts, what it waits for, whether this user may
     act on it (and if not, who can). ``return_to`` is where its action forms send the user back."""
@@ -244,7 +252,8 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
     held = publication.needs_human or (waiting_for is not None and waiting_for.needs_human)
     return {
         "publication": publication,
-        "attempts": publication.attempt_rows.order_by("number"),
+        # A list (the fragment shows the last one and folds the rest); prefetched by a page that lists many.
+        "attempts": _attempts(publication),
         "can_act": publication.needs_human and is_approver,
         "refused_for_good": refused_for_good,
         "can_resubmit": refused_for_good and access.has_role(user, publication.team_id, access.DRAFTING_ROLES),

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 from django.db import DatabaseError, InterfaceError
 
 from . import enqueue, isdown, notifications, publishing, reminders, sync
@@ -29,7 +29,8 @@ RETRY_ON_DATABASE_ERROR: dict[str, Any] = {
     "max_retries": 12,
 }
 
-# One client per worker process: its connections stay alive between publications (closed at shutdown).
+# One client per worker process, made on its first task (after the fork: sockets are never shared between
+# processes); its connections stay alive between publications, and it is closed when the process shuts down.
 _client: isdown.IsDownClient | None = None
 
 
@@ -40,7 +41,15 @@ def worker_client() -> isdown.IsDownClient:
     return _client
 
 
+@worker_process_init.connect
+def _forget_inherited_client(**_: Any) -> None:
+    # A client the parent made before forking holds the parent's sockets: the child makes its own.
+    global _client
+    _client = None
+
+
 @worker_process_shutdown.connect
+@worker_shutdown.connect  # the solo pool (no child processes) sends only this one
 def _close_client(**_: Any) -> None:
     global _client
     if _client is not None:

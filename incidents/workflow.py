@@ -830,13 +830,19 @@ def publishing_state(states: set[str]) -> str:
 def follow_publications(*, draft_id: int) -> str | None:
     """Once approved, a draft mirrors its publications. publishing.py calls this inside each move's transaction
     (the move's audit event records it). Returns the draft's new state, or None when it did not change."""
-    draft = Draft.objects.select_for_update(no_key=True).filter(pk=draft_id, state__in=PUBLISHING_DRAFT_STATES).first()
-    if draft is None:
+    current = (
+        Draft.objects.select_for_update(no_key=True)
+        .filter(pk=draft_id, state__in=PUBLISHING_DRAFT_STATES)
+        .values_list("state", flat=True)
+        .first()
+    )
+    if current is None:
         return None
-    # A superseded publication belongs to an earlier revision: the draft follows the current one's.
-    states = draft.publications.exclude(state=PublicationState.SUPERSEDED).values_list("state", flat=True)
-    state = publishing_state(set(states))
-    if state == draft.state:
+    # A superseded publication belongs to an earlier revision: the draft follows the current one's. (Read after the
+    # draft's lock, in a statement of its own, so it sees what the moves that held the lock before committed.)
+    states = Publication.objects.filter(draft_id=draft_id).exclude(state=PublicationState.SUPERSEDED)
+    state = publishing_state(set(states.order_by().values_list("state", flat=True)))
+    if state == current:
         return None
     Draft.objects.filter(pk=draft_id).update(state=state, updated_at=timezone.now())
     return state

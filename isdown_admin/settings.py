@@ -234,6 +234,9 @@ try:
     }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+# A Celery worker process runs one task at a time (its threads are bounded), so it keeps its connection between
+# tasks, health-checked at the start of each one (isdown_admin/celery.py applies this in workers only).
+WORKER_DATABASE_CONN_MAX_AGE = env_int("WORKER_DATABASE_CONN_MAX_AGE", 300)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", {"redis", "rediss"})
@@ -411,6 +414,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes every database connection before and after each task unless this is set; workers
+# recycle connections by WORKER_DATABASE_CONN_MAX_AGE and on errors instead (isdown_admin/celery.py).
+CELERY_DB_REUSE_MAX = 1_000_000
 # A task is stopped (soft, then hard) before a publication's lease runs out, and has time for one whole call.
 CELERY_TASK_SOFT_TIME_LIMIT = env_float("CELERY_TASK_SOFT_TIME_LIMIT", round(PUBLISH_LEASE_SECONDS * 2 / 3, 1))
 CELERY_TASK_TIME_LIMIT = env_float(

@@ -739,3 +739,30 @@ def test_a_request_built_from_a_lone_surrogate_can_still_be_hashed_and_sent():
         service_id=1, title="t\ud800", severity="minor", description="", stage="investigating"
     )
     assert "\ufffd" in request.body and len(request.sha256) == 64
+
+
+# --- A client is cheap to make (issue 13) -----------------------------------------------------------------------
+def test_a_plain_http_client_loads_no_ca_bundle(monkeypatch):
+    import ssl
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CA bundle was loaded for a plain-http client")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", refuse)
+    monkeypatch.setattr(httpx, "create_ssl_context", refuse)
+    isdown.IsDownClient("http://127.0.0.1:9/sandbox", "key", 5).close()
+
+
+def test_https_clients_of_one_process_share_one_tls_context(monkeypatch):
+    made = []
+    real = httpx.create_ssl_context
+    monkeypatch.setattr(isdown, "_shared_tls", None)
+    monkeypatch.setattr(httpx, "create_ssl_context", lambda *a, **k: made.append(1) or real(*a, **k))
+    first = isdown.IsDownClient("https://isdown.app", "key", 5)
+    second = isdown.IsDownClient("https://isdown.app", "key", 5)
+    try:
+        assert len(made) == 1
+        assert first._http._transport._pool._ssl_context is second._http._transport._pool._ssl_context
+    finally:
+        first.close()
+        second.close()

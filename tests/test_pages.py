@@ -151,3 +151,57 @@ def test_all_of_it_in_the_audit_log_lists_the_incident_drafts_and_publications_e
     assert "draft.created" in log and "draft.submitted" in log
     assert f"draft #{draft.pk}".lower() in log.lower()
     assert f"Draft #{other.pk}:" not in log
+
+
+# --- The incident page with many publications (issue 13) ------------------------------------------------------------
+def busy_incident(api_service, responder, publications: int):
+    from django.utils import timezone
+
+    from incidents.models import AttemptKind, AttemptOutcome, PublishAttempt
+
+    from .publishing.factories import update_publication
+
+    incident = Incident.objects.create(service=api_service, remote_id="777", title="Busy")
+    for n in range(publications):
+        publication = update_publication(incident=incident, author=responder, description=f"Update {n}.")
+        Publication.objects.filter(pk=publication.pk).update(state=PublicationState.PUBLISHED, remote_id="777")
+        PublishAttempt.objects.bulk_create(
+            PublishAttempt(
+                publication=publication,
+                number=k + 1,
+                kind=AttemptKind.SEND,
+                started_at=timezone.now(),
+                finished_at=timezone.now(),
+                method="PATCH",
+                path="/api/v2/incidents/777",
+                status_code=503 if k < 2 else 200,
+                outcome=AttemptOutcome.RETRY if k < 2 else AttemptOutcome.PUBLISHED,
+                error=f"older attempt {n}-{k}" if k < 2 else f"latest attempt {n}",
+            )
+            for k in range(3)
+        )
+    return incident
+
+
+def test_the_incident_page_shows_each_publications_latest_attempt_and_folds_the_older_ones(
+    approver, responder, api_service, as_user
+):
+    incident = busy_incident(api_service, responder, 2)
+    html = main_of(_html(as_user(approver).get(reverse("incidents:incident_detail", args=[incident.pk]))))
+    for n in range(2):
+        latest, older = html.index(f"latest attempt {n}"), html.index(f"older attempt {n}-0")
+        folded = html.rindex('<details class="older-attempts"', 0, older)
+        assert latest < folded < older  # the latest first, the older ones inside the disclosure
+        assert html.index("Show 2 older attempts", folded) < older
+
+
+def test_the_incident_page_with_many_publications_stays_within_15_queries(
+    approver, responder, api_service, as_user, django_assert_max_num_queries
+):
+    incident = busy_incident(api_service, responder, 12)
+    client = as_user(approver)
+    url = reverse("incidents:incident_detail", args=[incident.pk])
+    client.get(url)  # the session and the user's preferences, as on any page after the first
+    with django_assert_max_num_queries(15):
+        html = _html(client.get(url))
+    assert html.count('class="card publication"') == 12

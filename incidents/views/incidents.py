@@ -39,14 +39,20 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = access.get_scoped_or_404(access.incidents(request.user), pk=pk)
     team = incident.service.team
     in_group = Q(group_id=incident.group_id) if incident.group_id else Q(pk__in=[])
-    drafts = (
+    drafts = list(
         access.drafts(request.user)
         .filter(Q(incident=incident) | Q(publications__incident=incident) | in_group)
         .distinct()
         .order_by("-updated_at")
     )
     # A grouped incident is one local incident: every service's publications show here, each with its actions.
-    publications = list(selectors.group_publications(request.user, incident).order_by("-created_at"))
+    # One query for the rows and what their blocks show, one for all their attempts (a busy incident has many).
+    publications = list(
+        selectors.group_publications(request.user, incident)
+        .select_related("request", "service", "revision", "team")
+        .prefetch_related("attempt_rows")
+        .order_by("-created_at")
+    )
     service_rows = selectors.group_services(request.user, incident)
     grouped = {row.service.pk for row in service_rows}
     updates = list(incident.updates.order_by("-position"))
@@ -66,7 +72,10 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             selectors.publication_block(request.user, publication, return_to=return_path(request))
             for publication in publications
         ],
-        "history": selectors.incident_history(request.user, incident),
+        # The same drafts and publications as incident_related_ids would read again.
+        "history": selectors.incident_history(
+            request.user, incident, related=([d.pk for d in drafts], [p.pk for p in publications])
+        ),
         "can_draft": access.has_role(request.user, team, access.DRAFTING_ROLES),
         "can_review": access.has_role(request.user, team, access.REVIEWING_ROLES),
         "overdue": reminders.is_overdue(incident),

@@ -1,31 +1,40 @@
-"""Benchmark: approve-to-published time for a burst of approvals, against the sandbox over real HTTP.
+"""Benchmark P1: approve → published, against the sandbox over real HTTP, each figure beside a baseline measured in
+the same run (make bench runs it; a tiny one runs in make test as a smoke test, tests/test_bench_smoke.py).
 
-Not part of the test run (pyproject ignores tests/bench). It uses its own database, named after the one in
-DATABASE_URL with ``_pubbench`` appended (created and migrated if missing), serves the sandbox with gunicorn,
-runs 1 and 4 real Celery worker processes (solo pool each) on a queue of its own, and for 0 ms and 50 ms of
-latency added by the sandbox to every create:
+Not part of the test run (pyproject ignores tests/bench). It uses its own database (DATABASE_URL's name +
+``_pubbench``, created and migrated as the owner if missing), serves the app and its sandbox with gunicorn, runs
+``--workers`` real Celery workers (solo pool each) on a queue of its own, and the sweeper (publishing.sweep every
+second, as beat would), so one lost message costs a second, never a hang:
 
-- approves N submitted drafts as fast as one process can (``workflow.approve``: review, outbox row, audit,
-  enqueue on commit), then waits until all N are published;
-- per approval: time from the start of ``approve()`` to the publication's ``published_at``; p50, p95, and the
-  throughput of the burst (N / time from the first approval to the last publication);
-- beside it, the bare time of the same create call made directly with httpx, N times, one after another.
+- **P1a, one approval at a time** (no added latency): approve one draft (``workflow.approve``: review, outbox row,
+  audit, enqueue on commit), wait until it is published, next. Per approval: from the start of ``approve()`` to the
+  publication's ``published_at``. Baselines: the same create POSTed to the sandbox with one keep-alive httpx
+  client, one call after another, and with a fresh client per call. Goal: p95 ≤ 1.5 x bare keep-alive p95 + 20 ms.
+- **P1b, a burst** with ``--latency`` ms added by the sandbox to every create: ``--n`` drafts are approved with
+  the broker held back (their messages collected, not sent), then all are enqueued at once; throughput is N over
+  the time from that release to the last ``published_at`` (the bench's own approving loop is not counted).
+  Baseline: bare httpx, as many threads as workers, each with a keep-alive client, the same N creates against the
+  same sandbox with the same latency. Goal: ≥ 90 % of the baseline's rate.
 
-    DATABASE_URL=postgres://root@127.0.0.1:5432/isdown_admin_h2 REDIS_URL=redis://127.0.0.1:6379/2 \\
-        .venv/bin/python tests/bench/bench_publishing.py [--n 200] [--latencies 0,50] [--workers 1,4]
+Every wait has a deadline (``--timeout``) and fails loudly, naming what is still not published.
+
+    .venv/bin/python tests/bench/bench_publishing.py [--n 200] [--n1 100] [--workers 4] [--latency 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,9 +43,25 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
 
-def bench_database_url() -> str:
-    parts = urlsplit(os.environ.get("DATABASE_URL", "postgres://root@127.0.0.1:5432/isdown_admin"))
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "_pubbench"))
+def bench_database_url(suffix: str = "_pubbench") -> str:
+    base = os.environ.get("DATABASE_OWNER_URL") or os.environ.get("DATABASE_URL", "postgres://127.0.0.1/isdown_admin")
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
+
+
+def ensure_database(url: str, *, fresh: bool = False) -> None:
+    """Create the bench's database (``fresh``: drop it first) as DATABASE_ADMIN_URL, owned by the URL's user."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = os.environ.get("DATABASE_ADMIN_URL") or urlunsplit(parts._replace(path="/postgres"))
+    owner = parts.username or "isdown_owner"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if fresh:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
 
 
 def free_port() -> int:
@@ -47,98 +72,38 @@ def free_port() -> int:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def wait_until(condition, *, timeout: float, what: str) -> None:
+def wait_until(condition, *, timeout: float, what: str, status=None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.02)
+            raise SystemExit(
+                f"BENCH FAILED: timed out after {timeout:g} s waiting for {what}" + (f"\n{status()}" if status else "")
+            )
+        time.sleep(0.002)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--latencies", default="0,50")
-    parser.add_argument("--workers", default="1,4")
-    args = parser.parse_args()
-    latencies = [int(v) for v in args.latencies.split(",")]
-    worker_counts = [int(v) for v in args.workers.split(",")]
-
-    os.environ["DATABASE_URL"] = bench_database_url()
+def setup(database_url: str, api_url: str, queue: str, *, fresh: bool = False) -> None:
+    os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isdown_admin.settings")
     os.environ.pop("ISDOWN_API_KEY", None)
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/sandbox"
     os.environ["ISDOWN_API_URL"] = api_url
-    queue = f"publish-bench-{uuid.uuid4().hex[:8]}"
     os.environ["CELERY_PUBLISH_QUEUE"] = queue
+    os.environ["CELERY_DEFAULT_QUEUE"] = queue
     os.environ["LOG_LEVEL"] = "WARNING"
-
-    _ensure_database(os.environ["DATABASE_URL"])
+    os.environ["SWEEP_INTERVAL"] = "1"
+    ensure_database(database_url, fresh=fresh)
     import django
 
     django.setup()
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    server = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"),
-            "isdown_admin.wsgi",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            "4",
-            "--threads",
-            "4",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=os.environ.copy(),
-    )
-    try:
-        import httpx
-
-        wait_until(lambda: _up(httpx, f"http://127.0.0.1:{port}/healthz"), timeout=30, what="gunicorn")
-        rows = []
-        fixtures = _fixtures()
-        for latency in latencies:
-            _set_latency(latency)
-            bare = _bare_calls(httpx, api_url, fixtures["service"].isdown_service_id, args.n)
-            for count in worker_counts:
-                result = _run(fixtures, n=args.n, workers=count, queue=queue)
-                rows.append((latency, count, result, bare))
-        _set_latency(0)
-        _print(rows, args.n)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=20)
 
 
-def _ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def _up(httpx, url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code < 500
-    except httpx.HTTPError:
-        return False
-
-
-def _fixtures() -> dict:
+def fixtures() -> dict:
     from django.contrib.auth import get_user_model
 
     from incidents.models import Membership, Role, Service, Team
@@ -152,76 +117,27 @@ def _fixtures() -> dict:
         users[role] = user
     service, _ = Service.objects.get_or_create(isdown_service_id=9901, defaults={"team": team, "name": "Bench API"})
     register_service(9901, "Bench API")
-    return {"team": team, "service": service, "responder": users[Role.RESPONDER], "approver": users[Role.APPROVER]}
+    return {"service": service, "responder": users[Role.RESPONDER], "approver": users[Role.APPROVER]}
 
 
-def _set_latency(latency_ms: int) -> None:
-    from sandbox.faults import add_fault, clear_faults
+def set_latency(latency_ms: int) -> None:
+    from sandbox.faults import COUNT_MAX, add_fault, clear_faults
 
     clear_faults()
     if latency_ms:
-        add_fault(kind="latency", latency_ms=latency_ms, count=10**9, method="POST")
+        add_fault(kind="latency", latency_ms=latency_ms, count=COUNT_MAX, method="POST")
 
 
-def _bare_calls(httpx, api_url: str, service_id: int, n: int) -> list[float]:
-    """The same create, made directly: one httpx client, one call after another (seconds each)."""
-    from django.conf import settings
-
-    times = []
-    headers = {"Authorization": f"Bearer {settings.SANDBOX_API_KEY}", "Content-Type": "application/json"}
-    with httpx.Client(base_url=api_url, headers=headers, timeout=10) as client:
-        for i in range(n):
-            body = {
-                "service_id": service_id,
-                "title": f"bare {uuid.uuid4().hex[:8]} {i}",
-                "status": "minor",
-                "description": "Benchmark.",
-                "resolution_stage": "investigating",
-            }
-            started = time.perf_counter()
-            response = client.post("/api/v2/incidents", json=body)
-            times.append(time.perf_counter() - started)
-            response.raise_for_status()
-    return times
-
-
-def _start_workers(count: int, queue: str) -> list[subprocess.Popen]:
-    processes = []
-    for index in range(count):
-        processes.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "celery"),
-                    "-A",
-                    "isdown_admin",
-                    "worker",
-                    "--pool=solo",
-                    f"--queues={queue}",
-                    "--without-heartbeat",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--loglevel=WARNING",
-                    f"--hostname=bench{index}-{uuid.uuid4().hex[:6]}@%h",
-                ],
-                cwd=ROOT,
-                env=os.environ.copy(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    return processes
-
-
-def _run(fixtures: dict, *, n: int, workers: int, queue: str) -> dict:
+def submitted_drafts(world: dict, n: int) -> list[tuple[int, int, str]]:
     from incidents import workflow
-    from incidents.models import DraftKind, Publication, PublicationState
+    from incidents.models import DraftKind
 
-    drafts = []
     tag = uuid.uuid4().hex[:6]
+    drafts = []
     for i in range(n):
         draft = workflow.create(
-            user=fixtures["responder"],
-            service=fixtures["service"],
+            user=world["responder"],
+            service=world["service"],
             kind=DraftKind.OPEN,
             fields={
                 "title": f"Bench {tag} {i}",
@@ -230,60 +146,294 @@ def _run(fixtures: dict, *, n: int, workers: int, queue: str) -> dict:
                 "stage": "investigating",
             },
         )
-        revision = workflow.submit(draft_id=draft.pk, user=fixtures["responder"])
-        drafts.append((draft.pk, revision.pk))
-    processes = _start_workers(workers, queue)
-    try:
-        time.sleep(3)  # let every worker connect before the burst (start-up is not what is measured)
-        started: dict[int, float] = {}
-        from django.utils import timezone
+        revision = workflow.submit(draft_id=draft.pk, user=world["responder"])
+        drafts.append((draft.pk, revision.pk, revision.sha256))
+    return drafts
 
-        burst_start = timezone.now()
-        for draft_id, revision_id in drafts:
-            started[draft_id] = timezone.now().timestamp()
-            workflow.approve(draft_id=draft_id, revision_id=revision_id, reviewer=fixtures["approver"])
-        ids = [d for d, _ in drafts]
-        done = Publication.objects.filter(draft_id__in=ids, state=PublicationState.PUBLISHED)
-        wait_until(lambda: done.count() == n, timeout=600, what=f"{n} publications")
-        published = dict(done.values_list("draft_id", "published_at"))
-        # In-worker time: from the claim (attempt start) to published, without the wait in the queue.
-        service_times = [
-            (p.published_at - p.attempt_rows.order_by("number").first().started_at).total_seconds()
-            for p in done.prefetch_related("attempt_rows")
-        ]
-        failed = Publication.objects.filter(draft_id__in=ids).exclude(state=PublicationState.PUBLISHED).count()
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(timeout=20)
-    latencies = [published[d].timestamp() - started[d] for d in ids]
-    span = max(p.timestamp() for p in published.values()) - burst_start.timestamp()
+
+def create_body(service_id: int, i: int) -> dict:
     return {
-        "p50": statistics.median(latencies),
-        "p95": percentile(latencies, 0.95),
-        "throughput": n / span,
-        "failed": failed,
-        "claim_p50": statistics.median(service_times),
+        "service_id": service_id,
+        "title": f"bare {uuid.uuid4().hex[:8]} {i}",
+        "status": "minor",
+        "description": "Benchmark.",
+        "resolution_stage": "investigating",
     }
 
 
-def _print(rows: list, n: int) -> None:
-    print()
-    print(f"Approve-to-published, burst of {n} approvals (sandbox over HTTP, gunicorn 4x4, solo-pool workers)")
-    print()
-    print(
-        "| added latency | workers | approve→published p50 | p95 | throughput | claim→published p50 "
-        "| bare httpx create p50 | p95 | bare rate |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for latency, count, result, bare in rows:
-        print(
-            f"| {latency} ms | {count} | {result['p50'] * 1000:.0f} ms | {result['p95'] * 1000:.0f} ms "
-            f"| {result['throughput']:.1f}/s | {result['claim_p50'] * 1000:.1f} ms "
-            f"| {statistics.median(bare) * 1000:.1f} ms "
-            f"| {percentile(bare, 0.95) * 1000:.1f} ms | {1 / statistics.mean(bare):.1f}/s |"
+def bare_calls(api_url: str, service_id: int, n: int, *, fresh: bool) -> list[float]:
+    """The same create, made directly, one after another: one keep-alive client, or a new client per call."""
+    import httpx
+    from django.conf import settings
+
+    headers = {"Authorization": f"Bearer {settings.SANDBOX_API_KEY}"}
+    times = []
+    keep = httpx.Client(base_url=api_url, headers=headers, timeout=10)
+    keep.post("/api/v2/incidents", json=create_body(service_id, -1))  # open the connection
+    try:
+        for i in range(n):
+            started = time.perf_counter()
+            if fresh:
+                with httpx.Client(base_url=api_url, headers=headers, timeout=10) as client:
+                    response = client.post("/api/v2/incidents", json=create_body(service_id, i))
+            else:
+                response = keep.post("/api/v2/incidents", json=create_body(service_id, i))
+            times.append(time.perf_counter() - started)
+            response.raise_for_status()
+    finally:
+        keep.close()
+    return times
+
+
+def bare_rate(api_url: str, service_id: int, n: int, threads: int) -> float:
+    """Creates per second with ``threads`` threads, each with its own keep-alive client."""
+    import httpx
+    from django.conf import settings
+
+    headers = {"Authorization": f"Bearer {settings.SANDBOX_API_KEY}"}
+    clients = [httpx.Client(base_url=api_url, headers=headers, timeout=10) for _ in range(threads)]
+    for client in clients:
+        client.post("/api/v2/incidents", json=create_body(service_id, -1))
+    share = [range(i, n, threads) for i in range(threads)]
+
+    def run(index: int) -> None:
+        for i in share[index]:
+            clients[index].post("/api/v2/incidents", json=create_body(service_id, i)).raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, range(threads)))
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        client.close()
+    return n / elapsed
+
+
+def start_workers(count: int, queue: str) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [
+                str(BIN / "celery"),
+                "-A",
+                "isdown_admin",
+                "worker",
+                "--pool=solo",
+                f"--queues={queue}",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=WARNING",
+                f"--hostname=bench{index}-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        for index in range(count)
+    ]
+
+
+def sweeper(stop: threading.Event) -> None:
+    """What beat does every SWEEP_INTERVAL: re-enqueue what is due and not moving, move expired leases on."""
+    from django.db import connection
+
+    from incidents import enqueue, publishing
+
+    try:
+        while not stop.wait(1.0):
+            for publication_id, countdown in publishing.sweep(task_id="bench-sweeper"):
+                enqueue.publication(publication_id, countdown=countdown or None)
+    finally:
+        connection.close()
+
+
+def cpu_seconds(processes: list[subprocess.Popen]) -> float:
+    """User + system CPU the worker processes have used so far (Linux /proc)."""
+    total = 0
+    for process in processes:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def publications_status(draft_ids: list[int]) -> str:
+    from django.db.models import Count
+
+    from incidents.models import Publication
+
+    rows = Publication.objects.filter(draft_id__in=draft_ids).values("state").annotate(n=Count("id"))
+    return "publication states: " + ", ".join(f"{row['state']}={row['n']}" for row in rows)
+
+
+def one_at_a_time(world: dict, n: int, timeout: float) -> list[float]:
+    from incidents import workflow
+    from incidents.models import Publication, PublicationState
+
+    latencies = []
+    for draft_id, revision_id, sha256 in submitted_drafts(world, n):
+        started = time.time()
+        workflow.approve(draft_id=draft_id, revision_id=revision_id, sha256=sha256, reviewer=world["approver"])
+        approved = time.time()
+        done = Publication.objects.filter(draft_id=draft_id, state=PublicationState.PUBLISHED)
+        wait_until(
+            done.exists,
+            timeout=timeout,
+            what=f"draft {draft_id} to be published",
+            status=lambda d=draft_id: publications_status([d]),
+        )
+        publication = done.get()
+        claimed = publication.attempt_rows.order_by("number").first().started_at.timestamp()
+        latencies.append(publication.published_at.timestamp() - started)
+        PHASES.append((approved - started, claimed - approved, publication.published_at.timestamp() - claimed))
+    return latencies
+
+
+# Where one-at-a-time time goes: approve() itself, approve's return → the worker's claim, claim → published.
+PHASES: list[tuple[float, float, float]] = []
+
+
+def burst(world: dict, n: int, timeout: float) -> float:
+    from unittest import mock
+
+    from incidents import enqueue, workflow
+    from incidents.models import Publication, PublicationState
+
+    drafts = submitted_drafts(world, n)
+    held: list[int] = []
+    # Approved with the broker held back: the messages are collected, then released together below.
+    with mock.patch.object(enqueue, "publication_on_commit", held.append):
+        for draft_id, revision_id, sha256 in drafts:
+            workflow.approve(draft_id=draft_id, revision_id=revision_id, sha256=sha256, reviewer=world["approver"])
+    ids = [d for d, _, _ in drafts]
+    released = time.time()
+    for publication_id in held:
+        enqueue.publication(publication_id)
+    done = Publication.objects.filter(draft_id__in=ids, state=PublicationState.PUBLISHED)
+    wait_until(
+        lambda: done.count() == n, timeout=timeout, what=f"{n} publications", status=lambda: publications_status(ids)
+    )
+    last = max(p.timestamp() for p in done.values_list("published_at", flat=True))
+    return n / (last - released)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="approvals in the burst (P1b)")
+    parser.add_argument("--n1", type=int, default=100, help="approvals one at a time (P1a)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--latency", type=int, default=50, help="ms the sandbox adds to every create in P1b")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a wait fails loudly")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--database-suffix", default="_pubbench")
+    parser.add_argument("--fresh", action="store_true", help="drop the bench's database first")
+    args = parser.parse_args()
+
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/sandbox"
+    setup(bench_database_url(args.database_suffix), api_url, f"publish-bench-{uuid.uuid4().hex[:8]}", fresh=args.fresh)
+    from django.db import connection
+
+    server = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "isdown_admin.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            "2",
+            "--threads",
+            "8",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=os.environ.copy(),
+    )
+    workers: list[subprocess.Popen] = []
+    stop = threading.Event()
+    try:
+        import httpx
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=60, what="gunicorn")
+        world = fixtures()
+        service_id = world["service"].isdown_service_id
+        set_latency(0)
+        keep = bare_calls(api_url, service_id, args.n1, fresh=False)
+        fresh = bare_calls(api_url, service_id, args.n1, fresh=True)
+        workers = start_workers(args.workers, os.environ["CELERY_PUBLISH_QUEUE"])
+        threading.Thread(target=sweeper, args=(stop,), daemon=True).start()
+        # The workers are up once a first publication goes through (start-up is not what is measured).
+        one_at_a_time(world, 1, args.timeout)
+        cpu = cpu_seconds(workers)
+        p1a = one_at_a_time(world, args.n1, args.timeout)
+        cpu_p1a = (cpu_seconds(workers) - cpu) / args.n1
+        set_latency(args.latency)
+        bare = bare_rate(api_url, service_id, args.n, args.workers)
+        set_latency(args.latency)  # a fault covers COUNT_MAX requests: a fresh one for the burst
+        cpu = cpu_seconds(workers)
+        p1b = burst(world, args.n, args.timeout)
+        cpu_p1b = (cpu_seconds(workers) - cpu) / args.n
+        set_latency(0)
+    finally:
+        stop.set()
+        for process in [*workers, server]:
+            process.send_signal(signal.SIGTERM)
+        for process in [*workers, server]:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        connection.close()
+
+    keep_p95, fresh_p95, p1a_p95 = percentile(keep, 0.95), percentile(fresh, 0.95), percentile(p1a, 0.95)
+    goal_p1a = 1.5 * keep_p95 + 0.020
+    rows = [
+        {
+            "goal": "P1a approve→published p95 ≤ 1.5 x bare keep-alive p95 + 20 ms",
+            "measured": f"p95 {p1a_p95 * 1000:.0f} ms (p50 {statistics.median(p1a) * 1000:.0f} ms, n={args.n1})",
+            "baseline": f"bare keep-alive POST p95 {keep_p95 * 1000:.1f} ms; fresh client {fresh_p95 * 1000:.1f} ms "
+            f"→ goal ≤ {goal_p1a * 1000:.0f} ms",
+            "ratio": f"{p1a_p95 / goal_p1a:.2f} of the goal",
+            "met": p1a_p95 <= goal_p1a,
+        },
+        {
+            "goal": f"P1b burst of {args.n}, {args.workers} workers, {args.latency} ms: ≥ 90 % of bare httpx",
+            "measured": f"{p1b:.1f} publications/s",
+            "baseline": f"bare httpx, {args.workers} threads: {bare:.1f}/s "
+            f"(ideal {args.workers / max(args.latency, 1) * 1000:.0f}/s)",
+            "ratio": f"{p1b / bare * 100:.0f} %",
+            "met": p1b >= 0.9 * bare,
+        },
+    ]
+    print_table("P1 publishing (sandbox over HTTP; 2 shared cores: noisy)", rows)
+    phases = PHASES[1:]  # the first one warmed the workers up
+    print(
+        "\nP1a phases, p50: approve() {:.0f} ms; approve's return → claim {:.0f} ms; "
+        "claim → published {:.0f} ms".format(*(statistics.median(p[i] for p in phases) * 1000 for i in range(3)))
+    )
+    print(
+        f"Worker CPU per publication (user + system, all workers): {cpu_p1a * 1000:.0f} ms one at a time, "
+        f"{cpu_p1b * 1000:.0f} ms in the burst"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows))
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}\n")
+    print("| goal | measured | baseline (same run) | ratio | met |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        met = "yes" if row["met"] else "NO"
+        print(f"| {row['goal']} | {row['measured']} | {row['baseline']} | {row['ratio']} | {met} |")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

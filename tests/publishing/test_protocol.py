@@ -548,33 +548,44 @@ def test_a_late_success_on_a_row_still_being_checked_settles_it(fake_isdown, ser
 
 
 # --- The fence ----------------------------------------------------------------------------------------------------
-def test_a_claim_that_lost_its_row_before_the_call_sends_nothing(fake_isdown, service, responder):
+def test_a_send_whose_deadline_passed_during_its_claim_is_never_sent(fake_isdown, service, responder, monkeypatch):
+    # The claim is the fence: the call's deadline starts before the claim. A claim that took longer than the whole
+    # deadline (a stalled database, a paused VM) must not send: by then its lease may be someone else's.
     publication = approved_publication(service=service, author=responder)
     route = fake_isdown.post("/api/v2/incidents")
-    claim = publishing._claim(publication_id=publication.pk, task_id="")
-    Publication.objects.filter(pk=publication.pk).update(attempt_token=uuid.uuid4())  # someone else's now
+    real_claim, real_monotonic = publishing._claim, isdown.time.monotonic
+    skew = {"seconds": 0.0}
+    monkeypatch.setattr(isdown.time, "monotonic", lambda: real_monotonic() + skew["seconds"])
 
-    step = publishing._send(claim, publishing.make_client())
+    def stalled_claim(**kwargs):
+        claim = real_claim(**kwargs)
+        skew["seconds"] += publishing.settings.ISDOWN_TIMEOUT + 1  # the claim "took" longer than the deadline
+        return claim
 
-    assert step.state == "fenced" and not route.called
+    monkeypatch.setattr(publishing, "_claim", stalled_claim)
+    step = publishing.process(publication_id=publication.pk)
+
+    assert not route.called
+    assert step.state == S.RETRY_WAIT
     assert publication.attempt_rows.get().outcome == O.NOT_SENT
 
 
-def test_the_fence_renews_the_lease_right_before_the_call(fake_isdown, service, responder, settings):
+def test_the_lease_the_claim_writes_outlasts_the_calls_deadline(fake_isdown, service, responder):
     publication = approved_publication(service=service, author=responder)
     seen = {}
 
     def record(request):
-        seen["lease"] = Publication.objects.get(pk=publication.pk).lease_expires_at
+        deadline = isdown._current_deadline.get()
+        seen["deadline_left"] = deadline.remaining()
+        seen["lease_left"] = (
+            Publication.objects.get(pk=publication.pk).lease_expires_at - timezone.now()
+        ).total_seconds()
         return httpx.Response(201, json={"data": incident_json("55001")})
 
     fake_isdown.post("/api/v2/incidents").mock(side_effect=record)
-    claim = publishing._claim(publication_id=publication.pk, task_id="")
-    claimed_lease = Publication.objects.get(pk=publication.pk).lease_expires_at
+    publishing.process(publication_id=publication.pk)
 
-    publishing._send(claim, publishing.make_client())
-
-    assert seen["lease"] > claimed_lease
+    assert 0 < seen["deadline_left"] < seen["lease_left"]
 
 
 # --- Order per incident -------------------------------------------------------------------------------------------
