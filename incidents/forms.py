@@ -18,6 +18,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from . import access, audit_actions
 from .http import HtmxHttpRequest
 from .models import (
+    ALERT_LABEL_NAME_MAX_LENGTH,
+    ALERT_LABEL_VALUE_MAX_LENGTH,
     COMMENT_MAX_LENGTH,
     DESCRIPTION_MAX_LENGTH,
     DRAFT_FIELDS,
@@ -321,3 +323,30 @@ def return_path(request: HtmxHttpRequest) -> str:
     """Where a publication's action forms send the user back: this page, or, when htmx asks for a fragment,
     the page that holds it (its validated ``next``)."""
     return next_path(request) if request.htmx else request.get_full_path()
+
+
+# --- Drafts from alerts (issue 12 §6) ------------------------------------------------------------------------------
+class AlertRouteForm(forms.Form):
+    """One mapping from an alert label to one of the team's services."""
+
+    label_name = forms.RegexField(
+        label="Label name",
+        max_length=ALERT_LABEL_NAME_MAX_LENGTH,
+        regex=r"^[A-Za-z_][A-Za-z0-9_]*\Z",
+        error_messages={"invalid": "A label name is letters, digits and underscores, not starting with a digit."},
+        help_text='As in the alert, e.g. "service".',
+    )
+    label_value = forms.CharField(
+        label="Label value", max_length=ALERT_LABEL_VALUE_MAX_LENGTH, help_text='e.g. "api"', strip=False
+    )
+    service = forms.ModelChoiceField(label="Service", queryset=Service.objects.none(), empty_label=None)
+
+    def __init__(self, *args: Any, services: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["service"].queryset = services
+
+    def clean_label_value(self) -> str:
+        value = self.cleaned_data["label_value"]
+        if not value or not _is_one_line(value) or "\x00" in value:
+            raise forms.ValidationError("A label value is one line of text.")
+        return value

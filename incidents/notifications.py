@@ -30,7 +30,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import audit, enqueue
-from .models import Notification, NotificationState, Publication, PublicationState, Review, Revision, Role, Team
+from .models import Draft, Notification, NotificationState, Publication, PublicationState, Review, Revision, Role, Team
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,34 @@ def publication_needs_human(publication: Publication, *, reason: str) -> Notific
         subject=f"[isdown-admin] {label}: {draft.title or draft.get_kind_display()} ({publication.service.name})",
         body=body,
         target=publication,
+    )
+
+
+def team_drafters(team: Team) -> QuerySet[User]:
+    """Who writes the team's drafts: its responders and approvers."""
+    return get_user_model().objects.filter(
+        memberships__team=team, memberships__role__in=(Role.RESPONDER, Role.APPROVER), is_active=True
+    )
+
+
+def alert_draft_proposed(draft: Draft, *, source: str, note: str = "") -> Notification | None:
+    """Tell the team's responders (and approvers, who draft too) that an alert wrote a draft for them to check,
+    edit and submit: it is never submitted on its own."""
+    what = "a resolve" if draft.stage == "resolved" else f"a {draft.get_kind_display().lower()}"
+    body = (
+        f"An alert from {source} proposed {what} draft #{draft.pk} for {draft.service.name} ({draft.team.name}).\n"
+        "Nothing is published: read it, edit it and submit it for review, or discard it.\n\n"
+        f"{_link('incidents:draft_detail', pk=draft.pk)}\n"
+    )
+    if note:
+        body += f"\n{note}\n"
+    return queue(
+        kind="alert_draft",
+        team=draft.team,
+        users=team_drafters(draft.team),
+        subject=f"[isdown-admin] Alert draft: {draft.title or draft.get_kind_display()} ({draft.service.name})",
+        body=body,
+        target=draft,
     )
 
 

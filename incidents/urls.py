@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .views import account, audit, dashboard, drafts, incidents, publications, reviews, services
+from .views import account, alerts, audit, dashboard, drafts, incidents, publications, reviews, services
 
 app_name = "incidents"
 
@@ -38,4 +38,9 @@ urlpatterns = [
         name="publication_delete_duplicates",
     ),
     path("publications/<int:pk>/acknowledge/", publications.publication_acknowledge, name="publication_acknowledge"),
+    # Drafts from alerts (issue 12 §6): the webhook answers to its team's bearer token, never to a session.
+    path("hooks/alerts/<int:team_id>/", alerts.alerts_webhook, name="alerts_webhook"),
+    path("teams/<int:team_id>/alerts/", alerts.alert_settings, name="alert_settings"),
+    path("teams/<int:team_id>/alerts/rotate/", alerts.alert_token_rotate, name="alert_token_rotate"),
+    path("teams/<int:team_id>/alerts/mappings/<int:pk>/delete/", alerts.alert_route_delete, name="alert_route_delete"),
 ]

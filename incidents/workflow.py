@@ -239,7 +239,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             ),
             author=draft.author,
             last_editor=draft.last_editor,
-            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id}),
+            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id, *_adopters(draft, user)}),
             submitted_by=user,
         )
         RevisionRequest.objects.bulk_create(
@@ -267,6 +267,37 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
         )
         notifications.revision_submitted(revision)
     return revision
+
+
+def _adopters(draft: Draft, user) -> list[int]:
+    """A draft whose author cannot sign in (a system author: drafts from alerts) is adopted by whoever submits it:
+    the submitter counts as a co-author, so nobody can submit an alert's words unedited and approve them too."""
+    return [] if draft.author.is_active else [user.pk]
+
+
+def create_for_system_author(
+    *, author, service: Service, kind: str, fields: dict[str, str], incident: Incident | None, summary: str
+) -> Draft:
+    """Start a draft written by a team's system author (alerts.py: a draft from an alert). Never submitted here:
+    a person of the team edits and submits it, and becomes a co-author by doing so (``_adopters``). The author
+    must be a user that cannot sign in (inactive, no usable password): it holds no role, so it can never review."""
+    if author.is_active or author.has_usable_password():
+        raise NotAllowed("Only a system author that cannot sign in writes drafts on its own.")
+    if kind == DraftKind.UPDATE and (incident is None or not incident.remote_id):
+        raise InvalidTransition("This incident is not on IsDown yet; wait until it is published to post updates.")
+    with transaction.atomic():
+        draft = Draft.objects.create(
+            team=service.team,
+            service=service,
+            incident=incident if kind == DraftKind.UPDATE else None,
+            kind=kind,
+            author=author,
+            last_editor=author,
+            editors=[author.pk],
+            **{name: fields.get(name, "") for name in DRAFT_FIELDS},
+        )
+        _audit("draft.created", draft, author, summary, audit.field_changes({}, draft_fields(draft)))
+    return draft
 
 
 def withdraw(*, draft_id: int, user) -> Draft:
