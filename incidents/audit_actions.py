@@ -131,6 +131,8 @@ register("publication.duplicate_acknowledged", "Duplicate acknowledged")
 register("publication.duplicate_deleted", "Duplicate deleted on IsDown")
 register("publication.marked_published", "Marked as published")
 register("publication.adopted_by_sync", "Adopted from IsDown by sync")
+register("publication.due", "Scheduled time reached: queued")
+register("publication.cancelled", "Scheduled publication cancelled")
 register("publication.reconciled", "Reconciled with IsDown", retired=True)
 
 # alerts.py (issue 12 §6: drafts from alerts)

@@ -180,9 +180,25 @@ class ReviewForm(forms.Form):
     comment = forms.CharField(
         label="Comment", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 4})
     )
+    # Scheduled publication (issue 12 §7): an approval may name a later time to publish at, in the user's zone.
+    publish_at = forms.DateTimeField(
+        label="Publish at",
+        required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Empty: as soon as it is approved.",
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        publish_at = data.get("publish_at")
+        if publish_at is not None:
+            if data.get("decision") != ReviewDecision.APPROVE:
+                self.add_error("publish_at", "Only an approval can be scheduled.")
+            elif publish_at <= timezone.now():
+                self.add_error("publish_at", "Choose a time still to come, or leave it empty to publish at once.")
+            elif publish_at.year > 9000:
+                self.add_error("publish_at", "Choose a time in the foreseeable future.")
         if (
             data.get("decision") in (ReviewDecision.REQUEST_CHANGES, ReviewDecision.REJECT)
             and not data.get("comment", "").strip()

@@ -16,6 +16,7 @@ from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Upper
+from django.utils import timezone
 
 from . import audit_actions
 
@@ -343,6 +344,8 @@ class PublicationState(models.TextChoices):
     ABANDONED = "abandoned", "Abandoned"
     # IsDown refused it for good (a 4xx); its draft went back to editing and a new revision replaces it.
     SUPERSEDED = "superseded", "Superseded"
+    # Approved to go out at a later time (issue 12 §7): waits for ``due_at``, then is queued like any other.
+    SCHEDULED = "scheduled", "Scheduled"
 
 
 # A publication in one of these states holds the ones approved after it for the same IsDown incident: it is
@@ -374,8 +377,9 @@ HUMAN_PUBLICATION_STATES = (
 class Publication(models.Model):
     """The outbox row for one approved request: one revision, one target. Only publishing.py moves it.
 
-    Publications for the same IsDown incident (``target_remote_id``) go out one at a time, in approval order
-    (``id`` order: approvals of one incident are serialised on its row).
+    Publications for the same IsDown incident (``target_remote_id``) go out one at a time, in the order they are
+    due (``due_at``: the approval, or the time it was scheduled for), then ``id`` (approvals of one incident are
+    serialised on its row).
     """
 
     revision = models.ForeignKey(Revision, on_delete=models.PROTECT, related_name="publications")
@@ -388,6 +392,9 @@ class Publication(models.Model):
     state = models.CharField(
         max_length=20, choices=PublicationState.choices, default=PublicationState.QUEUED, db_index=True
     )
+    # When it is due: its approval, or the later time the approver scheduled it for. Publications of one IsDown
+    # incident go out in (due_at, id) order (issue 12 §7).
+    due_at = models.DateTimeField(default=timezone.now)
     attempts = models.PositiveIntegerField(default=0)
     # Written only by publishing._move: state, attempt_token, lease_expires_at, next_attempt_at, last_error.
     attempt_token = models.UUIDField(null=True, blank=True)

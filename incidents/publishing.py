@@ -4,6 +4,8 @@ human is told. The only code that moves a Publication.
 States (``TRANSITIONS`` is the whole table; ``_move`` is the one writer of a publication's state, attempt token,
 lease, next attempt and last error, and records the audit event of every move)::
 
+    scheduled ──due (its time came: the sweeper)──▶ queued
+    scheduled, queued (if it was scheduled) ──cancel (an approver, until it is claimed)──▶ abandoned
     queued ──claim──▶ sending ──2xx──▶ published ──(after a resend) watch: a late twin──▶ duplicate_detected
       ▲                 │ ├─not sent / 429 / 503+Retry-After──▶ retry_wait ──due, claim──▶ sending
       │                 │ ├─other 4xx, refused hash, attempts used up──▶ failed
@@ -21,10 +23,11 @@ lease, next attempt and last error, and records the audit event of every move)::
         sync finds it: ``attribute``)──▶ published
 
 Invariants (tested under real faults in tests/publishing/):
-- **Order.** Publications for one IsDown incident go out one at a time, in approval order (id order; approvals
-  of one incident are serialised on its row). A publication waits while an earlier one for the same incident
-  is queued, in flight, or failed/needs attention: those hold the queue until a human retries or abandons
-  them. A partial unique index allows one holding publication per incident.
+- **Order.** Publications for one IsDown incident go out one at a time, in the order they are due (``due_at``:
+  the approval, or the later time it was scheduled for), then approval order (id order; approvals of one incident
+  are serialised on its row). A change approved later but due earlier goes first. A publication waits while one
+  ahead of it for the same incident is scheduled, queued, in flight, or failed/needs attention: those hold the
+  queue until a human retries or abandons them. A partial unique index allows one holding publication per incident.
 - **Fenced sends.** A claim commits ``sending`` with a fresh attempt token and a lease; right before the call a
   short transaction re-checks the token is still the row's and renews the lease; the call has a wall-clock
   deadline (DNS included) shorter than the lease, and a request whose deadline passed is never started
@@ -83,8 +86,10 @@ O = AttemptOutcome  # noqa: E741 - the table below reads better with a short nam
 # Stored excerpts and errors are capped so a proxy's HTML page cannot bloat the table.
 TEXT_LIMIT = 2000
 CLAIMABLE_FOR_SEND = (S.QUEUED, S.RETRY_WAIT)
-# Publications that hold the ones behind them: not yet settled.
-UNSETTLED = (S.QUEUED, *HOLDING_PUBLICATION_STATES)
+# Publications that hold the ones behind them: not yet settled. A scheduled one holds only those due after it.
+UNSETTLED = (S.QUEUED, S.SCHEDULED, *HOLDING_PUBLICATION_STATES)
+# A scheduled publication may be cancelled until a worker claims it (issue 12 §7).
+CANCELLABLE = (S.SCHEDULED, S.QUEUED)
 RETRYABLE_BY_HUMAN = (S.FAILED, S.NEEDS_ATTENTION)
 
 # Every legal move, with the audit action it records (a caller may name a more precise one).
@@ -116,6 +121,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (S.NEEDS_ATTENTION, S.ABANDONED): "publication.abandoned",
     (S.DUPLICATE_DETECTED, S.PUBLISHED): "publication.duplicate_resolved",
     (S.FAILED, S.SUPERSEDED): "publication.superseded",
+    # Scheduled publication (issue 12 §7): due, it is queued like any other; an approver may cancel it until sent.
+    (S.SCHEDULED, S.QUEUED): "publication.due",
+    (S.SCHEDULED, S.ABANDONED): "publication.cancelled",
+    (S.QUEUED, S.ABANDONED): "publication.cancelled",
 }
 # States whose schedule (lease, next attempt, token) may change without a move: a claim for a check or a
 # watch, the fence renewing a lease, the next look being scheduled. The attempt rows record these.
@@ -288,26 +297,46 @@ def _move(
             enqueue.publication_on_commit(following)
 
 
+# The order publications of one IsDown incident go out in: when each is due (its approval, or the time it was
+# scheduled for), then approval (id). A change approved later but due earlier goes first.
+ORDER = ("due_at", "pk")
+
+
+def due_before(due_at: Any, pk: Any) -> Q:
+    """Publications ahead of one due at ``due_at`` with id ``pk`` in ORDER (values or OuterRef expressions)."""
+    return Q(due_at__lt=due_at) | Q(due_at=due_at, pk__lt=pk)
+
+
 def next_in_line(target_remote_id: str) -> int | None:
-    """The first unsettled publication for this IsDown incident, in approval order."""
+    """The first unsettled publication for this IsDown incident, in ORDER."""
     return (
         Publication.objects.filter(target_remote_id=target_remote_id, state__in=UNSETTLED)
-        .order_by("pk")
+        .order_by(*ORDER)
         .values_list("pk", flat=True)
         .first()
     )
 
 
 def ahead_of(publication: Publication) -> Publication | None:
-    """The earliest publication approved before this one for the same IsDown incident that is not settled."""
+    """The first publication ahead of this one in ORDER for the same IsDown incident that is not settled."""
     if not publication.target_remote_id:
         return None
     return (
-        Publication.objects.filter(
-            target_remote_id=publication.target_remote_id, state__in=UNSETTLED, pk__lt=publication.pk
-        )
-        .order_by("pk")
+        Publication.objects.filter(target_remote_id=publication.target_remote_id, state__in=UNSETTLED)
+        .filter(due_before(publication.due_at, publication.pk))
+        .order_by(*ORDER)
         .first()
+    )
+
+
+def incident_queue(target_remote_id: str) -> list[Publication]:
+    """The unsettled publications of one IsDown incident, in the order they will go out (the review page)."""
+    if not target_remote_id:
+        return []
+    return list(
+        Publication.objects.filter(target_remote_id=target_remote_id, state__in=UNSETTLED)
+        .select_related("draft")
+        .order_by(*ORDER)
     )
 
 
@@ -396,6 +425,14 @@ def _claim(*, publication_id: int, task_id: str) -> _Claim | Step:
             return Step(state=publication.state)  # early message: its own or the sweeper's will come
         if publication.lease_expires_at and publication.lease_expires_at > now:
             return Step(state=publication.state)  # someone is on it
+        if publication.state == S.SCHEDULED:
+            # Due (the early return above saw to that): from now on it is queued like any other, in its place.
+            _move(
+                publication,
+                S.QUEUED,
+                summary=f"{publication}: due (scheduled for {publication.due_at:%Y-%m-%d %H:%M:%S %Z})",
+                task_id=task_id,
+            )
         if publication.state in CLAIMABLE_FOR_SEND:
             ahead = ahead_of(publication)
             if ahead is not None:
@@ -1008,12 +1045,15 @@ def sweep(*, task_id: str = "") -> list[tuple[int, float]]:
             else:
                 _move(publication, publication.state, next_attempt_at=now, **_RELEASED)
                 moved.append((publication.pk, 0.0))
-    blocked = Publication.objects.filter(
-        target_remote_id=OuterRef("target_remote_id"), state__in=UNSETTLED, pk__lt=OuterRef("pk")
-    ).exclude(target_remote_id="")
+    blocked = (
+        Publication.objects.filter(target_remote_id=OuterRef("target_remote_id"), state__in=UNSETTLED)
+        .filter(due_before(OuterRef("due_at"), OuterRef("pk")))
+        .exclude(target_remote_id="")
+    )
     due = (
         Publication.objects.filter(
-            Q(state__in=(S.QUEUED, S.RETRY_WAIT, S.RECONCILING)) | Q(state=S.PUBLISHED, watch_until__isnull=False)
+            Q(state__in=(S.QUEUED, S.RETRY_WAIT, S.RECONCILING, S.SCHEDULED))
+            | Q(state=S.PUBLISHED, watch_until__isnull=False)
         )
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .filter(Q(last_enqueued_at__isnull=True) | Q(last_enqueued_at__lte=idle))
@@ -1138,6 +1178,31 @@ def abandon(*, publication_id: int, user: User, reason: str, expected_state: str
             changes={"reason": [None, reason[:500]]},
         )
     return publication
+
+
+def cancel_scheduled(*, publication_id: int, user: User, expected_state: str | None = None) -> Publication:
+    """Approver: a scheduled publication will not go out (issue 12 §7). Possible until a worker claims it: while it
+    waits for its time, and once due while it waits its turn; the ones behind it go on."""
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=CANCELLABLE, expected_state=expected_state)
+        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="cancel a scheduled publication")
+        if not was_scheduled(publication):
+            raise InvalidTransition("Only a scheduled publication can be cancelled; this one is on its way to IsDown.")
+        _move(
+            publication,
+            S.ABANDONED,
+            summary=f"{publication}: cancelled before its scheduled time by {user.get_username()}",
+            actor=user,
+            decision_note=f"Cancelled by {user.get_username()} before it was sent (it was scheduled for "
+            f"{publication.due_at:%Y-%m-%d %H:%M %Z}).",
+            changes={"due_at": [publication.due_at.isoformat(), None]},
+        )
+    return publication
+
+
+def was_scheduled(publication: Publication) -> bool:
+    """Approved for a later time than its approval (an immediate one is due when it is written: never later)."""
+    return publication.state == S.SCHEDULED or publication.due_at > publication.created_at
 
 
 def acknowledge_duplicate(

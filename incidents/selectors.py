@@ -244,6 +244,10 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
         if held and not is_approver
         else [],
         "waiting_for": waiting_for,
+        # Scheduled publication (issue 12 §7): an approver may cancel it until a worker claims it.
+        "can_cancel": is_approver
+        and publication.state in publishing.CANCELLABLE
+        and publishing.was_scheduled(publication),
         "return_to": return_to,
         "action_form": PublicationActionForm(),
         **extra,

@@ -38,6 +38,7 @@ urlpatterns = [
         name="publication_delete_duplicates",
     ),
     path("publications/<int:pk>/acknowledge/", publications.publication_acknowledge, name="publication_acknowledge"),
+    path("publications/<int:pk>/cancel/", publications.publication_cancel, name="publication_cancel"),
     # Drafts from alerts (issue 12 §6): the webhook answers to its team's bearer token, never to a session.
     path("hooks/alerts/<int:team_id>/", alerts.alerts_webhook, name="alerts_webhook"),
     path("teams/<int:team_id>/alerts/", alerts.alert_settings, name="alert_settings"),

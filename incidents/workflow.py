@@ -18,6 +18,7 @@ request. After approval the draft follows its publications (``follow_publication
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -347,10 +348,19 @@ class Decision:
 
 
 def decide(
-    *, draft_id: int, revision_id: int, reviewer, decision: str, comment: str, sha256: str | None = None
+    *,
+    draft_id: int,
+    revision_id: int,
+    reviewer,
+    decision: str,
+    comment: str,
+    sha256: str | None = None,
+    publish_at: datetime | None = None,
 ) -> Decision:
     """A reviewer's decision on the revision in review: approve (binding ``sha256``, the hash the reviewer was
-    shown), request changes or reject (both need a comment). Never on a revision its reviewer wrote or edited."""
+    shown), request changes or reject (both need a comment). Never on a revision its reviewer wrote or edited.
+    An approval with ``publish_at`` (a future time) schedules its publications: they wait, ``scheduled``, until
+    then, and take their place in the incident's order by that time (issue 12 §7)."""
     verbs = {
         ReviewDecision.APPROVE: ("approve", DraftState.APPROVED, "review.approved", "approved"),
         ReviewDecision.REQUEST_CHANGES: (
@@ -376,6 +386,9 @@ def decide(
             raise NotAllowed(f"You cannot {verb} a draft you wrote or edited: someone else must review it.")
         if decision != ReviewDecision.APPROVE and not comment:
             raise NotAllowed("Say what needs to change: a comment is required.")
+        now = timezone.now()
+        if publish_at is not None and (decision != ReviewDecision.APPROVE or publish_at <= now):
+            raise NotAllowed("Only an approval can be scheduled, and only for a time still to come.")
         if decision == ReviewDecision.APPROVE and draft.incident_id is not None:
             # Approvals of one incident take its row in turn, so their publications' ids (the order they are
             # sent in) follow the order the approvals commit.
@@ -405,6 +418,7 @@ def decide(
                         service=request.service,
                         incident=draft.incident,
                         target_remote_id=request.target_remote_id,
+                        **_schedule(publish_at, now),
                     )
                 )
         changes: dict[str, Any] = {**_state_change(old_state, new_state), "revision": [None, revision.number]}
@@ -412,6 +426,8 @@ def decide(
             changes["comment"] = [None, comment]
         if review.sha256:
             changes["sha256"] = [None, review.sha256]
+        if publish_at is not None:
+            changes["publish_at"] = [None, publish_at.isoformat()]
         _audit(
             action,
             draft,
@@ -421,11 +437,21 @@ def decide(
         )
         notifications.revision_reviewed(review)
         for publication in publications:
-            enqueue.publication_on_commit(publication.pk)
+            if publication.state == PublicationState.QUEUED:  # a scheduled one: the sweeper, when it is due
+                enqueue.publication_on_commit(publication.pk)
     return Decision(review=review, publications=publications)
 
 
-def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: str = "") -> Decision:
+def _schedule(publish_at: datetime | None, now: datetime) -> dict[str, Any]:
+    """A publication's place in time: due now (queued), or scheduled for ``publish_at`` (the sweeper queues it)."""
+    if publish_at is None:
+        return {"due_at": now}
+    return {"due_at": publish_at, "state": PublicationState.SCHEDULED, "next_attempt_at": publish_at}
+
+
+def approve(
+    *, draft_id: int, revision_id: int, reviewer, sha256: str, comment: str = "", publish_at: datetime | None = None
+) -> Decision:
     """Approve exactly this revision, whose SHA-256 the reviewer saw; the review records that hash, and the
     outbox rows (one per target) are written in the same transaction."""
     return decide(
@@ -435,6 +461,7 @@ def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: 
         decision=ReviewDecision.APPROVE,
         comment=comment,
         sha256=sha256,
+        publish_at=publish_at,
     )
 
 
@@ -486,6 +513,8 @@ def publishing_state(states: set[str]) -> str:
         return DraftState.NEEDS_ATTENTION
     if states & {P.QUEUED, P.SENDING, P.RETRY_WAIT, P.RECONCILING}:
         return DraftState.PUBLISHING
+    if P.SCHEDULED in states:  # approved, waiting for its time
+        return DraftState.APPROVED
     if P.PUBLISHED in states:
         return DraftState.PUBLISHED
     return DraftState.ABANDONED

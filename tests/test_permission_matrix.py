@@ -189,6 +189,8 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "incidents:publication_abandon": PUBLICATION_ACTION,
     "incidents:publication_delete_duplicates": PUBLICATION_ACTION,
     "incidents:publication_acknowledge": PUBLICATION_ACTION,
+    # Cancelling a scheduled publication (issue 12 §7): the queued one is not scheduled, so it is refused.
+    "incidents:publication_cancel": PUBLICATION_ACTION,
     # Drafts from alerts (issue 12 §6). The webhook answers to its team's bearer token, never to a session: a POST
     # without the token is a 401 for everyone (GET: 405). The page: the team reads it, its approvers change it (an
     # empty POST fails the mapping form's validation; removing a mapping that is not there redirects back).
