@@ -5,7 +5,7 @@ States (``TRANSITIONS`` is the whole table; ``_move`` is the one writer of a pub
 lease, next attempt and last error, and records the audit event of every move)::
 
     scheduled ──due (its time came: the sweeper)──▶ queued
-    scheduled, queued (if it was scheduled) ──cancel (an approver, until it is claimed)──▶ abandoned
+    scheduled ──cancel (an approver, until it is sent)──▶ abandoned
     queued ──claim──▶ sending ──2xx──▶ published ──(after a resend) watch: a late twin──▶ duplicate_detected
       ▲                 │ ├─not sent / 429 / 503+Retry-After──▶ retry_wait ──due, claim──▶ sending
       │                 │ ├─other 4xx, refused hash, attempts used up──▶ failed
@@ -88,8 +88,9 @@ TEXT_LIMIT = 2000
 CLAIMABLE_FOR_SEND = (S.QUEUED, S.RETRY_WAIT)
 # Publications that hold the ones behind them: not yet settled. A scheduled one holds only those due after it.
 UNSETTLED = (S.QUEUED, S.SCHEDULED, *HOLDING_PUBLICATION_STATES)
-# A scheduled publication may be cancelled until a worker claims it (issue 12 §7).
-CANCELLABLE = (S.SCHEDULED, S.QUEUED)
+# Waiting for its time or for its turn (issue 12 §7): it is queued only when a worker is about to claim it, so
+# an approver may cancel it until it is sent.
+CANCELLABLE = (S.SCHEDULED,)
 RETRYABLE_BY_HUMAN = (S.FAILED, S.NEEDS_ATTENTION)
 
 # Every legal move, with the audit action it records (a caller may name a more precise one).
@@ -124,7 +125,6 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     # Scheduled publication (issue 12 §7): due, it is queued like any other; an approver may cancel it until sent.
     (S.SCHEDULED, S.QUEUED): "publication.due",
     (S.SCHEDULED, S.ABANDONED): "publication.cancelled",
-    (S.QUEUED, S.ABANDONED): "publication.cancelled",
 }
 # States whose schedule (lease, next attempt, token) may change without a move: a claim for a check or a
 # watch, the fence renewing a lease, the next look being scheduled. The attempt rows record these.
@@ -426,11 +426,15 @@ def _claim(*, publication_id: int, task_id: str) -> _Claim | Step:
         if publication.lease_expires_at and publication.lease_expires_at > now:
             return Step(state=publication.state)  # someone is on it
         if publication.state == S.SCHEDULED:
-            # Due (the early return above saw to that): from now on it is queued like any other, in its place.
+            # Due (the early return above saw to that). It stays scheduled (cancellable) while a change due before
+            # it is unsettled; on its turn it is queued and claimed in this same transaction.
+            ahead = ahead_of(publication)
+            if ahead is not None:
+                return Step(state=publication.state, waiting_for=ahead.pk)
             _move(
                 publication,
                 S.QUEUED,
-                summary=f"{publication}: due (scheduled for {publication.due_at:%Y-%m-%d %H:%M:%S %Z})",
+                summary=f"{publication}: due, scheduled for {publication.due_at.isoformat()}",
                 task_id=task_id,
             )
         if publication.state in CLAIMABLE_FOR_SEND:
@@ -1058,7 +1062,7 @@ def sweep(*, task_id: str = "") -> list[tuple[int, float]]:
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .filter(Q(last_enqueued_at__isnull=True) | Q(last_enqueued_at__lte=idle))
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-        .exclude(Q(state__in=CLAIMABLE_FOR_SEND) & Exists(blocked))
+        .exclude(Q(state__in=(*CLAIMABLE_FOR_SEND, S.SCHEDULED)) & Exists(blocked))
         .exclude(state=S.PUBLISHED, next_attempt_at__isnull=True)
         .order_by("next_attempt_at", "pk")
         .values_list("pk", flat=True)
@@ -1181,13 +1185,11 @@ def abandon(*, publication_id: int, user: User, reason: str, expected_state: str
 
 
 def cancel_scheduled(*, publication_id: int, user: User, expected_state: str | None = None) -> Publication:
-    """Approver: a scheduled publication will not go out (issue 12 §7). Possible until a worker claims it: while it
-    waits for its time, and once due while it waits its turn; the ones behind it go on."""
+    """Approver: a scheduled publication will not go out (issue 12 §7); possible until it is sent (a worker queues
+    and claims it in one transaction). The ones behind it for the same incident go on."""
     with transaction.atomic():
         publication = _lock_for_human(publication_id, allowed=CANCELLABLE, expected_state=expected_state)
         access.require_role(user, publication.team, access.REVIEWING_ROLES, action="cancel a scheduled publication")
-        if not was_scheduled(publication):
-            raise InvalidTransition("Only a scheduled publication can be cancelled; this one is on its way to IsDown.")
         _move(
             publication,
             S.ABANDONED,
@@ -1198,11 +1200,6 @@ def cancel_scheduled(*, publication_id: int, user: User, expected_state: str | N
             changes={"due_at": [publication.due_at.isoformat(), None]},
         )
     return publication
-
-
-def was_scheduled(publication: Publication) -> bool:
-    """Approved for a later time than its approval (an immediate one is due when it is written: never later)."""
-    return publication.state == S.SCHEDULED or publication.due_at > publication.created_at
 
 
 def acknowledge_duplicate(

@@ -92,7 +92,9 @@ def test_a_scheduled_change_holds_the_changes_due_after_it(responder, approver, 
     assert scheduled.pk in due and later.pk not in due  # the later one is blocked until the scheduled one settles
 
 
-def test_when_due_it_is_queued_audited_and_takes_its_turn(responder, approver, api_service, incident, no_broker):
+def test_when_due_it_waits_scheduled_for_its_turn_then_is_queued_and_sent(
+    responder, approver, api_service, incident, no_broker
+):
     publication = approved(
         user=responder,
         reviewer=approver,
@@ -106,8 +108,29 @@ def test_when_due_it_is_queued_audited_and_takes_its_turn(responder, approver, a
         state=S.FAILED, due_at=timezone.now() - timedelta(hours=1), last_error="held"
     )
     step = publishing.process(publication_id=publication.pk)
-    assert step.state == S.QUEUED and step.waiting_for == blocker.pk
-    assert AuditEvent.objects.filter(action="publication.due", target_id=str(publication.pk)).exists()
+    # Due, but a change due before it is held: it stays scheduled (and cancellable) until its turn.
+    assert step.state == S.SCHEDULED and step.waiting_for == blocker.pk
+    assert publication.pk not in [pk for pk, _ in publishing.sweep()]  # blocked: the sweeper leaves it alone
+    Publication.objects.filter(pk=blocker.pk).update(state=S.ABANDONED)
+
+    class Refuses:
+        """Stands in for IsDown here: the claim is what is looked at (the worker test sends for real)."""
+
+        def send(self, request):
+            raise publishing.isdown.NotSent("not sent in this test", latency_ms=0)
+
+        def close(self):
+            pass
+
+    publishing.process(publication_id=publication.pk, client=Refuses())
+    publication.refresh_from_db()
+    assert publication.state == S.RETRY_WAIT and publication.attempts == 1
+    actions = list(
+        AuditEvent.objects.filter(target_id=str(publication.pk), action__startswith="publication.")
+        .order_by("seq")
+        .values_list("action", flat=True)
+    )
+    assert actions == ["publication.due", "publication.sending", "publication.retry_scheduled"]
 
 
 def test_an_approver_cancels_a_scheduled_change_until_it_is_sent(
@@ -150,14 +173,13 @@ def test_cancelling_hands_the_queue_to_the_next_change(
         publish_at=timezone.now() + timedelta(minutes=5),
     )
     behind = approved(user=responder, reviewer=approver, service=api_service, incident=incident)
-    # Its time came and it was queued (not claimed yet); a change due after it waits behind it.
-    Publication.objects.filter(pk=scheduled.pk).update(state=S.QUEUED, next_attempt_at=None)
+    # Its time came; a change due after it waits behind it.
     Publication.objects.filter(pk=behind.pk).update(due_at=scheduled.due_at + timedelta(minutes=1))
     behind.refresh_from_db()
     assert publishing.ahead_of(behind).pk == scheduled.pk
     no_broker.sent.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        publishing.cancel_scheduled(publication_id=scheduled.pk, user=approver)  # due, not yet claimed: still possible
+        publishing.cancel_scheduled(publication_id=scheduled.pk, user=approver)
     assert ("publish", behind.pk) in no_broker.sent
 
 
