@@ -50,6 +50,7 @@ KINDS: dict[str, str] = {
     "membership": "Memberships",
     "service": "Services",
     "template": "Draft templates",
+    "alert": "Alerts",
     "audit": "The audit log",
     "sandbox": "The sandbox",
 }
@@ -137,7 +138,17 @@ register("publication.duplicate_acknowledged", "Duplicate acknowledged")
 register("publication.duplicate_deleted", "Duplicate deleted on IsDown")
 register("publication.marked_published", "Marked as published")
 register("publication.adopted_by_sync", "Adopted from IsDown by sync")
+register("publication.due", "Scheduled time reached: queued")
+register("publication.cancelled", "Scheduled publication cancelled")
 register("publication.reconciled", "Reconciled with IsDown", retired=True)
+
+# alerts.py (issue 12 §6: drafts from alerts)
+register("alert.received", "Alert webhook delivery received")
+register("alert.refused", "Alert webhook delivery refused")
+register("alert.rate_limited", "Alert webhook rate limited")
+register("alert.token_rotated", "Alert webhook token rotated")
+register("alert.route_added", "Alert mapping added")
+register("alert.route_removed", "Alert mapping removed")
 
 # sync.py, notifications.py
 register("incident.drifted", "Changed on IsDown outside this app")

@@ -18,6 +18,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from . import access, audit_actions
 from .http import HtmxHttpRequest
 from .models import (
+    ALERT_LABEL_NAME_MAX_LENGTH,
+    ALERT_LABEL_VALUE_MAX_LENGTH,
     COMMENT_MAX_LENGTH,
     DESCRIPTION_MAX_LENGTH,
     DRAFT_FIELDS,
@@ -238,9 +240,25 @@ class ReviewForm(forms.Form):
     comment = forms.CharField(
         label="Comment", max_length=COMMENT_MAX_LENGTH, required=False, widget=forms.Textarea(attrs={"rows": 4})
     )
+    # Scheduled publication (issue 12 §7): an approval may name a later time to publish at, in the user's zone.
+    publish_at = forms.DateTimeField(
+        label="Publish at",
+        required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Empty: as soon as it is approved.",
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        publish_at = data.get("publish_at")
+        if publish_at is not None:
+            if data.get("decision") != ReviewDecision.APPROVE:
+                self.add_error("publish_at", "Only an approval can be scheduled.")
+            elif publish_at <= timezone.now():
+                self.add_error("publish_at", "Choose a time still to come, or leave it empty to publish at once.")
+            elif publish_at.year > 9000:
+                self.add_error("publish_at", "Choose a time in the foreseeable future.")
         if (
             data.get("decision") in (ReviewDecision.REQUEST_CHANGES, ReviewDecision.REJECT)
             and not data.get("comment", "").strip()
@@ -477,3 +495,30 @@ class NextUpdateDueForm(forms.Form):
         max_value=24 * 60,
         error_messages={"min_value": "At least 1 minute.", "max_value": "At most 24 hours (1440 minutes)."},
     )
+
+
+# --- Drafts from alerts (issue 12 §6) ------------------------------------------------------------------------------
+class AlertRouteForm(forms.Form):
+    """One mapping from an alert label to one of the team's services."""
+
+    label_name = forms.RegexField(
+        label="Label name",
+        max_length=ALERT_LABEL_NAME_MAX_LENGTH,
+        regex=r"^[A-Za-z_][A-Za-z0-9_]*\Z",
+        error_messages={"invalid": "A label name is letters, digits and underscores, not starting with a digit."},
+        help_text='As in the alert, e.g. "service".',
+    )
+    label_value = forms.CharField(
+        label="Label value", max_length=ALERT_LABEL_VALUE_MAX_LENGTH, help_text='e.g. "api"', strip=False
+    )
+    service = forms.ModelChoiceField(label="Service", queryset=Service.objects.none(), empty_label=None)
+
+    def __init__(self, *args: Any, services: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["service"].queryset = services
+
+    def clean_label_value(self) -> str:
+        value = self.cleaned_data["label_value"]
+        if not value or not _is_one_line(value) or "\x00" in value:
+            raise forms.ValidationError("A label value is one line of text.")
+        return value

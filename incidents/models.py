@@ -17,6 +17,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Upper
+from django.utils import timezone
 
 from . import audit_actions
 
@@ -414,6 +415,8 @@ class PublicationState(models.TextChoices):
     ABANDONED = "abandoned", "Abandoned"
     # IsDown refused it for good (a 4xx); its draft went back to editing and a new revision replaces it.
     SUPERSEDED = "superseded", "Superseded"
+    # Approved to go out at a later time (issue 12 §7): waits for ``due_at``, then is queued like any other.
+    SCHEDULED = "scheduled", "Scheduled"
 
 
 # A publication in one of these states holds the ones approved after it for the same IsDown incident: it is
@@ -445,8 +448,9 @@ HUMAN_PUBLICATION_STATES = (
 class Publication(models.Model):
     """The outbox row for one approved request: one revision, one target. Only publishing.py moves it.
 
-    Publications for the same IsDown incident (``target_remote_id``) go out one at a time, in approval order
-    (``id`` order: approvals of one incident are serialised on its row).
+    Publications for the same IsDown incident (``target_remote_id``) go out one at a time, in the order they are
+    due (``due_at``: the approval, or the time it was scheduled for), then ``id`` (approvals of one incident are
+    serialised on its row).
     """
 
     revision = models.ForeignKey(Revision, on_delete=models.PROTECT, related_name="publications")
@@ -459,6 +463,9 @@ class Publication(models.Model):
     state = models.CharField(
         max_length=20, choices=PublicationState.choices, default=PublicationState.QUEUED, db_index=True
     )
+    # When it is due: its approval, or the later time the approver scheduled it for. Publications of one IsDown
+    # incident go out in (due_at, id) order (issue 12 §7).
+    due_at = models.DateTimeField(default=timezone.now)
     attempts = models.PositiveIntegerField(default=0)
     # Written only by publishing._move: state, attempt_token, lease_expires_at, next_attempt_at, last_error.
     attempt_token = models.UUIDField(null=True, blank=True)
@@ -814,3 +821,93 @@ class IncidentGroup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.title} (group #{self.pk})"
+
+
+# --- Drafts from alerts (issue 12 §6) ----------------------------------------------------------------------------
+# Only alerts.py writes these rows.
+ALERT_LABEL_NAME_MAX_LENGTH = 100
+ALERT_LABEL_VALUE_MAX_LENGTH = 200
+ALERT_FINGERPRINT_MAX_LENGTH = 200
+
+
+class AlertWebhook(models.Model):
+    """A team's alert webhook: the SHA-256 of its bearer token (the token itself is shown once, never stored) and
+    the team's system author, an inactive user without a membership or a usable password that alert drafts are
+    written by (it can never sign in, draft by hand, or review)."""
+
+    team = models.OneToOneField(Team, on_delete=models.PROTECT, related_name="alert_webhook")
+    token_sha256 = models.CharField(max_length=64, blank=True)
+    system_user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    rotated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"Alert webhook of {self.team}"
+
+
+class AlertRoute(models.Model):
+    """A team's mapping from one alert label to one of its services: ``service="api"`` → API."""
+
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="alert_routes")
+    label_name = models.CharField(max_length=ALERT_LABEL_NAME_MAX_LENGTH)
+    label_value = models.CharField(max_length=ALERT_LABEL_VALUE_MAX_LENGTH)
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="alert_routes")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["label_name", "label_value", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "label_name", "label_value"], name="alert_route_unique_label"),
+        ]
+
+    def __str__(self) -> str:
+        return f'{self.label_name}="{self.label_value}" → {self.service.name}'
+
+
+class AlertKind(models.TextChoices):
+    FIRING = "firing", "Firing"
+    RESOLVED = "resolved", "Resolved"
+
+
+class AlertDelivery(models.Model):
+    """One alert (firing, or resolved) a team's webhook acted on. The unique (team, fingerprint, kind) is the
+    dedupe: a second delivery of the same alert, even at the same moment, finds the row and makes nothing."""
+
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="alert_deliveries")
+    fingerprint = models.CharField(max_length=ALERT_FINGERPRINT_MAX_LENGTH + 40)
+    kind = models.CharField(max_length=10, choices=AlertKind.choices)
+    source = models.CharField(max_length=100)
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="+")
+    draft = models.ForeignKey(Draft, on_delete=models.PROTECT, null=True, blank=True, related_name="alert_deliveries")
+    # Why no draft was made (a resolve for an incident that is not on IsDown yet, …); "" when one was.
+    note = models.CharField(max_length=300, blank=True)
+    labels = models.JSONField(default=dict, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "fingerprint", "kind"], name="alert_delivery_once"),
+            models.CheckConstraint(condition=Q(kind__in=AlertKind.values), name="alert_delivery_kind_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} alert {self.fingerprint[:40]} ({self.source})"
+
+
+class AlertRateWindow(models.Model):
+    """A fixed-window request counter per team and bucket (``accepted``: requests with the right token;
+    ``refused``: the rest), advanced by one atomic INSERT … ON CONFLICT … RETURNING (alerts.count_request)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    bucket = models.CharField(max_length=10)
+    window_start = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "bucket"], name="alert_rate_window_one_per_bucket")]
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.bucket} alert request(s) of team {self.team_id} since {self.window_start}"

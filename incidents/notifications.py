@@ -228,6 +228,34 @@ def review_escalated(revision: Revision, *, waited_minutes: int) -> Notification
     )
 
 
+def team_drafters(team: Team) -> QuerySet[User]:
+    """Who writes the team's drafts: its responders and approvers."""
+    return get_user_model().objects.filter(
+        memberships__team=team, memberships__role__in=(Role.RESPONDER, Role.APPROVER), is_active=True
+    )
+
+
+def alert_draft_proposed(draft: Draft, *, source: str, note: str = "") -> Notification | None:
+    """Tell the team's responders (and approvers, who draft too) that an alert wrote a draft for them to check,
+    edit and submit: it is never submitted on its own."""
+    what = "a resolve" if draft.stage == "resolved" else f"a {draft.get_kind_display().lower()}"
+    body = (
+        f"An alert from {source} proposed {what} draft #{draft.pk} for {draft.service.name} ({draft.team.name}).\n"
+        "Nothing is published: read it, edit it and submit it for review, or discard it.\n\n"
+        f"{_link('incidents:draft_detail', pk=draft.pk)}\n"
+    )
+    if note:
+        body += f"\n{note}\n"
+    return queue(
+        kind="alert_draft",
+        team=draft.team,
+        users=team_drafters(draft.team),
+        subject=f"[isdown-admin] Alert draft: {draft.title or draft.get_kind_display()} ({draft.service.name})",
+        body=body,
+        target=draft,
+    )
+
+
 # --- Delivery ------------------------------------------------------------------------------------------------
 def _backoff(attempts: int) -> float:
     ceiling = min(settings.NOTIFY_BACKOFF_CAP, settings.NOTIFY_BACKOFF_BASE * 2 ** max(attempts - 1, 0))

@@ -4,6 +4,8 @@ human is told. The only code that moves a Publication.
 States (``TRANSITIONS`` is the whole table; ``_move`` is the one writer of a publication's state, attempt token,
 lease, next attempt and last error, and records the audit event of every move)::
 
+    scheduled ──due (its time came: the sweeper)──▶ queued
+    scheduled ──cancel (an approver, until it is sent)──▶ abandoned
     queued ──claim──▶ sending ──2xx──▶ published ──(after a resend) watch: a late twin──▶ duplicate_detected
       ▲                 │ ├─not sent / 429 / 503+Retry-After──▶ retry_wait ──due, claim──▶ sending
       │                 │ ├─other 4xx, refused hash, attempts used up──▶ failed
@@ -21,10 +23,11 @@ lease, next attempt and last error, and records the audit event of every move)::
         sync finds it: ``attribute``)──▶ published
 
 Invariants (tested under real faults in tests/publishing/):
-- **Order.** Publications for one IsDown incident go out one at a time, in approval order (id order; approvals
-  of one incident are serialised on its row). A publication waits while an earlier one for the same incident
-  is queued, in flight, or failed/needs attention: those hold the queue until a human retries or abandons
-  them. A partial unique index allows one holding publication per incident.
+- **Order.** Publications for one IsDown incident go out one at a time, in the order they are due (``due_at``:
+  the approval, or the later time it was scheduled for), then approval order (id order; approvals of one incident
+  are serialised on its row). A change approved later but due earlier goes first. A publication waits while one
+  ahead of it for the same incident is scheduled, queued, in flight, or failed/needs attention: those hold the
+  queue until a human retries or abandons them. A partial unique index allows one holding publication per incident.
 - **Fenced sends.** The claim is the fence: the call's wall-clock deadline (DNS included) starts before the
   claim's transaction, which commits ``sending`` with a fresh attempt token and a lease longer than that
   deadline (ISDOWN_TIMEOUT < the lease, checked at start-up), right before the call. Only the sweeper can take
@@ -73,13 +76,13 @@ from . import access, audit, enqueue, isdown, matching, mirror, notifications, w
 from .models import (
     HOLDING_PUBLICATION_STATES,
     HUMAN_PUBLICATION_STATES,
+    PUBLISHING_DECISIONS,
     AttemptKind,
     AttemptOutcome,
     Incident,
     Publication,
     PublicationState,
     PublishAttempt,
-    ReviewDecision,
     RevisionRequest,
 )
 
@@ -90,8 +93,11 @@ O = AttemptOutcome  # noqa: E741 - the table below reads better with a short nam
 # Stored excerpts and errors are capped so a proxy's HTML page cannot bloat the table.
 TEXT_LIMIT = 2000
 CLAIMABLE_FOR_SEND = (S.QUEUED, S.RETRY_WAIT)
-# Publications that hold the ones behind them: not yet settled.
-UNSETTLED = (S.QUEUED, *HOLDING_PUBLICATION_STATES)
+# Publications that hold the ones behind them: not yet settled. A scheduled one holds only those due after it.
+UNSETTLED = (S.QUEUED, S.SCHEDULED, *HOLDING_PUBLICATION_STATES)
+# Waiting for its time or for its turn (issue 12 §7): it is queued only when a worker is about to claim it, so
+# an approver may cancel it until it is sent.
+CANCELLABLE = (S.SCHEDULED,)
 RETRYABLE_BY_HUMAN = (S.FAILED, S.NEEDS_ATTENTION)
 
 # Every legal move, with the audit action it records (a caller may name a more precise one).
@@ -123,6 +129,9 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (S.NEEDS_ATTENTION, S.ABANDONED): "publication.abandoned",
     (S.DUPLICATE_DETECTED, S.PUBLISHED): "publication.duplicate_resolved",
     (S.FAILED, S.SUPERSEDED): "publication.superseded",
+    # Scheduled publication (issue 12 §7): due, it is queued like any other; an approver may cancel it until sent.
+    (S.SCHEDULED, S.QUEUED): "publication.due",
+    (S.SCHEDULED, S.ABANDONED): "publication.cancelled",
 }
 # States whose schedule (lease, next attempt, token) may change without a move: a claim for a check or a
 # watch, the fence renewing a lease, the next look being scheduled. The attempt rows record these.
@@ -221,7 +230,8 @@ def integrity_problem(publication: Publication) -> str | None:
     if isdown.requests_sha256(hashes) != revision.sha256:
         return "the revision's requests no longer match the revision's SHA-256"
     review = getattr(revision, "review", None)
-    if review is None or review.decision != ReviewDecision.APPROVE or review.sha256 != revision.sha256:
+    # An approval, or a break-glass decision (an approver's own, after a fresh TOTP check): both bind the hash.
+    if review is None or review.decision not in PUBLISHING_DECISIONS or review.sha256 != revision.sha256:
         return "no approval covers this revision's SHA-256"
     return None
 
@@ -304,26 +314,46 @@ def _move(
             enqueue.publication_on_commit(following)
 
 
+# The order publications of one IsDown incident go out in: when each is due (its approval, or the time it was
+# scheduled for), then approval (id). A change approved later but due earlier goes first.
+ORDER = ("due_at", "pk")
+
+
+def due_before(due_at: Any, pk: Any) -> Q:
+    """Publications ahead of one due at ``due_at`` with id ``pk`` in ORDER (values or OuterRef expressions)."""
+    return Q(due_at__lt=due_at) | Q(due_at=due_at, pk__lt=pk)
+
+
 def next_in_line(target_remote_id: str) -> int | None:
-    """The first unsettled publication for this IsDown incident, in approval order."""
+    """The first unsettled publication for this IsDown incident, in ORDER."""
     return (
         Publication.objects.filter(target_remote_id=target_remote_id, state__in=UNSETTLED)
-        .order_by("pk")
+        .order_by(*ORDER)
         .values_list("pk", flat=True)
         .first()
     )
 
 
 def ahead_of(publication: Publication) -> Publication | None:
-    """The earliest publication approved before this one for the same IsDown incident that is not settled."""
+    """The first publication ahead of this one in ORDER for the same IsDown incident that is not settled."""
     if not publication.target_remote_id:
         return None
     return (
-        Publication.objects.filter(
-            target_remote_id=publication.target_remote_id, state__in=UNSETTLED, pk__lt=publication.pk
-        )
-        .order_by("pk")
+        Publication.objects.filter(target_remote_id=publication.target_remote_id, state__in=UNSETTLED)
+        .filter(due_before(publication.due_at, publication.pk))
+        .order_by(*ORDER)
         .first()
+    )
+
+
+def incident_queue(target_remote_id: str) -> list[Publication]:
+    """The unsettled publications of one IsDown incident, in the order they will go out (the review page)."""
+    if not target_remote_id:
+        return []
+    return list(
+        Publication.objects.filter(target_remote_id=target_remote_id, state__in=UNSETTLED)
+        .select_related("draft")
+        .order_by(*ORDER)
     )
 
 
@@ -420,11 +450,10 @@ def _lock_to_claim(publication_id: int) -> Publication | None:
     """The row a claim decides on, locked unless someone holds it, with what the claim checks in the same
     statement: the revision's request hashes, the last attempt's number and the publication ahead of it."""
     ahead = (
-        Publication.objects.filter(
-            target_remote_id=OuterRef("target_remote_id"), state__in=UNSETTLED, pk__lt=OuterRef("pk")
-        )
+        Publication.objects.filter(target_remote_id=OuterRef("target_remote_id"), state__in=UNSETTLED)
+        .filter(due_before(OuterRef("due_at"), OuterRef("pk")))
         .exclude(target_remote_id="")
-        .order_by("pk")
+        .order_by(*ORDER)
         .values("pk")[:1]
     )
     return (
@@ -478,6 +507,18 @@ def _claim(*, publication_id: int, task_id: str) -> _Claim | Step:
             return Step(state=publication.state)  # early message: its own or the sweeper's will come
         if publication.lease_expires_at and publication.lease_expires_at > now:
             return Step(state=publication.state)  # someone is on it
+        if publication.state == S.SCHEDULED:
+            # Due (the early return above saw to that). It stays scheduled (cancellable) while a change due before
+            # it is unsettled; on its turn it is queued and claimed in this same transaction.
+            ahead = ahead_of(publication)
+            if ahead is not None:
+                return Step(state=publication.state, waiting_for=ahead.pk)
+            _move(
+                publication,
+                S.QUEUED,
+                summary=f"{publication}: due, scheduled for {publication.due_at.isoformat()}",
+                task_id=task_id,
+            )
         if publication.state in CLAIMABLE_FOR_SEND:
             ahead_id: int | None = getattr(publication, "ahead_id", None)  # carried by the claim's select
             if ahead_id is not None:
@@ -1100,17 +1141,20 @@ def sweep(*, task_id: str = "") -> list[tuple[int, float]]:
             else:
                 _move(publication, publication.state, next_attempt_at=now, **_RELEASED)
                 moved.append((publication.pk, 0.0))
-    blocked = Publication.objects.filter(
-        target_remote_id=OuterRef("target_remote_id"), state__in=UNSETTLED, pk__lt=OuterRef("pk")
-    ).exclude(target_remote_id="")
+    blocked = (
+        Publication.objects.filter(target_remote_id=OuterRef("target_remote_id"), state__in=UNSETTLED)
+        .filter(due_before(OuterRef("due_at"), OuterRef("pk")))
+        .exclude(target_remote_id="")
+    )
     due = (
         Publication.objects.filter(
-            Q(state__in=(S.QUEUED, S.RETRY_WAIT, S.RECONCILING)) | Q(state=S.PUBLISHED, watch_until__isnull=False)
+            Q(state__in=(S.QUEUED, S.RETRY_WAIT, S.RECONCILING, S.SCHEDULED))
+            | Q(state=S.PUBLISHED, watch_until__isnull=False)
         )
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .filter(Q(last_enqueued_at__isnull=True) | Q(last_enqueued_at__lte=idle))
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-        .exclude(Q(state__in=CLAIMABLE_FOR_SEND) & Exists(blocked))
+        .exclude(Q(state__in=(*CLAIMABLE_FOR_SEND, S.SCHEDULED)) & Exists(blocked))
         .exclude(state=S.PUBLISHED, next_attempt_at__isnull=True)
         .order_by("next_attempt_at", "pk")
         .values_list("pk", flat=True)
@@ -1228,6 +1272,24 @@ def abandon(*, publication_id: int, user: User, reason: str, expected_state: str
             actor=user,
             decision_note=reason[:2000],
             changes={"reason": [None, reason[:500]]},
+        )
+    return publication
+
+
+def cancel_scheduled(*, publication_id: int, user: User, expected_state: str | None = None) -> Publication:
+    """Approver: a scheduled publication will not go out (issue 12 §7); possible until it is sent (a worker queues
+    and claims it in one transaction). The ones behind it for the same incident go on."""
+    with transaction.atomic():
+        publication = _lock_for_human(publication_id, allowed=CANCELLABLE, expected_state=expected_state)
+        access.require_role(user, publication.team, access.REVIEWING_ROLES, action="cancel a scheduled publication")
+        _move(
+            publication,
+            S.ABANDONED,
+            summary=f"{publication}: cancelled before its scheduled time by {user.get_username()}",
+            actor=user,
+            decision_note=f"Cancelled by {user.get_username()} before it was sent (it was scheduled for "
+            f"{publication.due_at:%Y-%m-%d %H:%M %Z}).",
+            changes={"due_at": [publication.due_at.isoformat(), None]},
         )
     return publication
 

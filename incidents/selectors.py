@@ -246,7 +246,8 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
     """Everything ``_publication.html`` needs: the row, its attempts, what it waits for, whether this user may
     act on it (and if not, who can). ``return_to`` is where its action forms send the user back."""
     is_approver = access.has_role(user, publication.team_id, access.REVIEWING_ROLES)
-    waiting_for = publishing.ahead_of(publication) if publication.state in publishing.CLAIMABLE_FOR_SEND else None
+    waiting = (*publishing.CLAIMABLE_FOR_SEND, PublicationState.SCHEDULED)
+    waiting_for = publishing.ahead_of(publication) if publication.state in waiting else None
     refused_for_good = publishing.refused_for_good(publication)
     # Someone who cannot act on it (or on the one it waits for) is told who can, by name.
     held = publication.needs_human or (waiting_for is not None and waiting_for.needs_human)
@@ -263,6 +264,8 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
         if held and not is_approver
         else [],
         "waiting_for": waiting_for,
+        # Scheduled publication (issue 12 §7): an approver may cancel it until a worker claims it.
+        "can_cancel": is_approver and publication.state in publishing.CANCELLABLE,
         "return_to": return_to,
         "action_form": PublicationActionForm(),
         **extra,

@@ -1,6 +1,17 @@
 from django.urls import path
 
-from .views import account, audit, dashboard, drafts, incidents, publications, reviews, services, team_templates
+from .views import (
+    account,
+    alerts,
+    audit,
+    dashboard,
+    drafts,
+    incidents,
+    publications,
+    reviews,
+    services,
+    team_templates,
+)
 
 app_name = "incidents"
 
@@ -47,4 +58,10 @@ urlpatterns = [
         name="publication_delete_duplicates",
     ),
     path("publications/<int:pk>/acknowledge/", publications.publication_acknowledge, name="publication_acknowledge"),
+    path("publications/<int:pk>/cancel/", publications.publication_cancel, name="publication_cancel"),
+    # Drafts from alerts (issue 12 §6): the webhook answers to its team's bearer token, never to a session.
+    path("hooks/alerts/<int:team_id>/", alerts.alerts_webhook, name="alerts_webhook"),
+    path("teams/<int:team_id>/alerts/", alerts.alert_settings, name="alert_settings"),
+    path("teams/<int:team_id>/alerts/rotate/", alerts.alert_token_rotate, name="alert_token_rotate"),
+    path("teams/<int:team_id>/alerts/mappings/<int:pk>/delete/", alerts.alert_route_delete, name="alert_route_delete"),
 ]

@@ -449,7 +449,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             ),
             author=draft.author,
             last_editor=draft.last_editor,
-            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id}),
+            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id, *_adopters(draft, user)}),
             submitted_by=user,
         )
         RevisionRequest.objects.bulk_create(
@@ -481,6 +481,37 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
         )
         notifications.revision_submitted(revision)
     return revision
+
+
+def _adopters(draft: Draft, user) -> list[int]:
+    """A draft whose author cannot sign in (a system author: drafts from alerts) is adopted by whoever submits it:
+    the submitter counts as a co-author, so nobody can submit an alert's words unedited and approve them too."""
+    return [] if draft.author.is_active else [user.pk]
+
+
+def create_for_system_author(
+    *, author, service: Service, kind: str, fields: dict[str, str], incident: Incident | None, summary: str
+) -> Draft:
+    """Start a draft written by a team's system author (alerts.py: a draft from an alert). Never submitted here:
+    a person of the team edits and submits it, and becomes a co-author by doing so (``_adopters``). The author
+    must be a user that cannot sign in (inactive, no usable password): it holds no role, so it can never review."""
+    if author.is_active or author.has_usable_password():
+        raise NotAllowed("Only a system author that cannot sign in writes drafts on its own.")
+    if kind == DraftKind.UPDATE and (incident is None or not incident.remote_id):
+        raise InvalidTransition("This incident is not on IsDown yet; wait until it is published to post updates.")
+    with transaction.atomic():
+        draft = Draft.objects.create(
+            team=service.team,
+            service=service,
+            incident=incident if kind == DraftKind.UPDATE else None,
+            kind=kind,
+            author=author,
+            last_editor=author,
+            editors=[author.pk],
+            **{name: fields.get(name, "") for name in DRAFT_FIELDS},
+        )
+        _audit("draft.created", draft, author, summary, audit.field_changes({}, draft_fields(draft)))
+    return draft
 
 
 def withdraw(*, draft_id: int, user) -> Draft:
@@ -530,10 +561,19 @@ class Decision:
 
 
 def decide(
-    *, draft_id: int, revision_id: int, reviewer, decision: str, comment: str, sha256: str | None = None
+    *,
+    draft_id: int,
+    revision_id: int,
+    reviewer,
+    decision: str,
+    comment: str,
+    sha256: str | None = None,
+    publish_at: datetime | None = None,
 ) -> Decision:
     """A reviewer's decision on the revision in review: approve (binding ``sha256``, the hash the reviewer was
-    shown), request changes or reject (both need a comment). Never on a revision its reviewer wrote or edited."""
+    shown), request changes or reject (both need a comment). Never on a revision its reviewer wrote or edited.
+    An approval with ``publish_at`` (a future time) schedules its publications: they wait, ``scheduled``, until
+    then, and take their place in the incident's order by that time (issue 12 §7)."""
     verbs = {
         ReviewDecision.APPROVE: ("approve", DraftState.APPROVED, "review.approved", "approved"),
         ReviewDecision.REQUEST_CHANGES: (
@@ -559,6 +599,9 @@ def decide(
             raise NotAllowed(f"You cannot {verb} a draft you wrote or edited: someone else must review it.")
         if decision != ReviewDecision.APPROVE and not comment:
             raise NotAllowed("Say what needs to change: a comment is required.")
+        now = timezone.now()
+        if publish_at is not None and (decision != ReviewDecision.APPROVE or publish_at <= now):
+            raise NotAllowed("Only an approval can be scheduled, and only for a time still to come.")
         if decision == ReviewDecision.APPROVE and mfa.missing_for_approval(reviewer, draft.team):
             raise MfaRequired("Approvers must enrol an authenticator app before approving.")
         result = _record_decision(
@@ -570,6 +613,8 @@ def decide(
             new_state=new_state,
             action=action,
             summary=f"{reviewer.get_username()} {past} revision {revision.number} of draft #{draft.pk}",
+            publish_at=publish_at,
+            now=now,
         )
         notifications.revision_reviewed(result.review)
     return result
@@ -586,10 +631,13 @@ def _record_decision(
     action: str,
     summary: str,
     changes: dict[str, Any] | None = None,
+    publish_at: datetime | None = None,
+    now: datetime | None = None,
 ) -> Decision:
     """Write the review, move the draft, and for a publishing decision write one outbox row per request (sent after
     commit) and restart the incident's next-update clock; audit it. Inside the caller's transaction, draft locked."""
     publishes = decision in PUBLISHING_DECISIONS
+    now = now or timezone.now()
     if publishes and draft.incident_id is not None:
         # Approvals of one incident take its row in turn, so their publications' ids (the order they are
         # sent in) follow the order the approvals commit. A grouped incident: every member's, in id order.
@@ -626,6 +674,7 @@ def _record_decision(
                     # Each update goes to its own IsDown incident (a group fans out); a create has none yet.
                     incident=incidents.get(request.target_remote_id) if request.target_remote_id else None,
                     target_remote_id=request.target_remote_id,
+                    **_schedule(publish_at, now),
                 )
             )
         if incidents:
@@ -643,9 +692,12 @@ def _record_decision(
         all_changes["comment"] = [None, comment]
     if review.sha256:
         all_changes["sha256"] = [None, review.sha256]
+    if publish_at is not None:
+        all_changes["publish_at"] = [None, publish_at.isoformat()]
     _audit(action, draft, reviewer, summary, all_changes)
     for publication in publications:
-        enqueue.publication_on_commit(publication.pk)
+        if publication.state == PublicationState.QUEUED:  # a scheduled one: the sweeper, when it is due
+            enqueue.publication_on_commit(publication.pk)
     return Decision(review=review, publications=publications)
 
 
@@ -761,7 +813,16 @@ def _group_on_approval(draft: Draft, revision: Revision) -> IncidentGroup | None
     return None
 
 
-def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: str = "") -> Decision:
+def _schedule(publish_at: datetime | None, now: datetime) -> dict[str, Any]:
+    """A publication's place in time: due now (queued), or scheduled for ``publish_at`` (the sweeper queues it)."""
+    if publish_at is None:
+        return {"due_at": now}
+    return {"due_at": publish_at, "state": PublicationState.SCHEDULED, "next_attempt_at": publish_at}
+
+
+def approve(
+    *, draft_id: int, revision_id: int, reviewer, sha256: str, comment: str = "", publish_at: datetime | None = None
+) -> Decision:
     """Approve exactly this revision, whose SHA-256 the reviewer saw; the review records that hash, and the
     outbox rows (one per target) are written in the same transaction."""
     return decide(
@@ -771,6 +832,7 @@ def approve(*, draft_id: int, revision_id: int, reviewer, sha256: str, comment: 
         decision=ReviewDecision.APPROVE,
         comment=comment,
         sha256=sha256,
+        publish_at=publish_at,
     )
 
 
@@ -822,6 +884,8 @@ def publishing_state(states: set[str]) -> str:
         return DraftState.NEEDS_ATTENTION
     if states & {P.QUEUED, P.SENDING, P.RETRY_WAIT, P.RECONCILING}:
         return DraftState.PUBLISHING
+    if P.SCHEDULED in states:  # approved, waiting for its time
+        return DraftState.APPROVED
     if P.PUBLISHED in states:
         return DraftState.PUBLISHED
     return DraftState.ABANDONED

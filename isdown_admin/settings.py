@@ -393,6 +393,14 @@ CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=6
 if PUBLISH_BACKOFF_CAP >= CELERY_VISIBILITY_TIMEOUT:
     raise ImproperlyConfigured("PUBLISH_BACKOFF_CAP must be below CELERY_VISIBILITY_TIMEOUT")
 
+# --- Drafts from alerts (issue 12 §6) ------------------------------------------------------------------------
+# Requests a team's alert webhook accepts per window (those with the right token and the rest are counted apart,
+# so someone without the token cannot use up the team's allowance); the counters live in Postgres.
+ALERTS_RATE_LIMIT = env_int("ALERTS_RATE_LIMIT", 60, minimum=1)
+ALERTS_RATE_WINDOW = env_int("ALERTS_RATE_WINDOW", 60, minimum=1)
+# The largest body the webhook reads (Alertmanager groups many alerts into one request).
+ALERTS_MAX_BODY_BYTES = env_int("ALERTS_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
+
 # --- Notifications and heartbeats ---------------------------------------------------------------------------
 NOTIFY_MAX_ATTEMPTS = env_int("NOTIFY_MAX_ATTEMPTS", 10, minimum=1)
 NOTIFY_BACKOFF_BASE = env_float("NOTIFY_BACKOFF_BASE", 30.0, minimum=0.0)

@@ -10,8 +10,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from incidents import access
 from incidents.models import Role
 
-# Pages that must answer without a session. The admin's own login page is "login itself".
-PUBLIC_PATHS = {"/accounts/login/", "/healthz", "/admin/login/", "/favicon.ico"}
+# Pages that must answer without a session. The admin's own login page is "login itself"; a team's alert webhook
+# answers to its bearer token (tests/test_alerts.py), never to a session.
+PUBLIC_PATHS = {"/accounts/login/", "/healthz", "/admin/login/", "/favicon.ico", "/hooks/alerts/1/"}
 # The IsDown sandbox emulates a third-party API and its public status page: the bearer key guards the API.
 PUBLIC_PREFIXES = ("/sandbox/api/", "/sandbox/status/")
 

@@ -206,6 +206,15 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "incidents:publication_abandon": PUBLICATION_ACTION,
     "incidents:publication_delete_duplicates": PUBLICATION_ACTION,
     "incidents:publication_acknowledge": PUBLICATION_ACTION,
+    # Cancelling a scheduled publication (issue 12 §7): the queued one is not scheduled, so it is refused.
+    "incidents:publication_cancel": PUBLICATION_ACTION,
+    # Drafts from alerts (issue 12 §6). The webhook answers to its team's bearer token, never to a session: a POST
+    # without the token is a 401 for everyone (GET: 405). The page: the team reads it, its approvers change it (an
+    # empty POST fails the mapping form's validation; removing a mapping that is not there redirects back).
+    "incidents:alerts_webhook": public(405, 401),
+    "incidents:alert_settings": team_object(responder=(200, 403), approver=(200, 422), auditor=(200, 403)),
+    "incidents:alert_token_rotate": team_object(responder=(405, 403), approver=(405, 200), auditor=(405, 403)),
+    "incidents:alert_route_delete": team_object(responder=(405, 403), approver=(405, REDIRECT), auditor=(405, 403)),
     # The IsDown sandbox (development only). Its control page: superusers (every team's bodies, and faults that
     # stall every team's publishing). Its API answers to the bearer key, never to a session.
     "sandbox:control": same(REFUSED, staff=(200, 422)),
@@ -315,6 +324,10 @@ def kwargs_for(route: Route, world: dict[str, Any]) -> dict[str, str]:
         "incidents:draft_break_glass": {"pk": world["draft"].pk},
         "incidents:draft_post_review": {"pk": world["draft"].pk},
         "incidents:incident_next_update_due": {"pk": world["incident"].pk},
+        "incidents:alerts_webhook": {"team_id": world["service"].team_id},
+        "incidents:alert_settings": {"team_id": world["service"].team_id},
+        "incidents:alert_token_rotate": {"team_id": world["service"].team_id},
+        "incidents:alert_route_delete": {"team_id": world["service"].team_id, "pk": 1},
         "sandbox:status": {"service_id": world["service"].isdown_service_id},
         "sandbox:api_incident": {"incident_id": "1"},
         "sandbox:api_unknown": {"rest": "v2/unknown"},

@@ -8,7 +8,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from .. import mfa, preferences
+from .. import access, mfa, preferences
 from ..forms import MfaEnrolForm, MfaRecoveryForm, TimeZoneForm, next_path
 from ..http import HtmxHttpRequest
 
@@ -23,13 +23,18 @@ def account(request: HtmxHttpRequest) -> HttpResponse:
             preferences.set_time_zone(user=request.user, time_zone=chosen)  # type: ignore[arg-type]
             messages.success(request, f"Times are now shown in {chosen or settings.TIME_ZONE}.")
             return redirect("incidents:account")
-        return render(request, "incidents/account.html", {"form": form}, status=422)
+        return render(
+            request, "incidents/account.html", {"form": form, "teams": access.teams(request.user)}, status=422
+        )
     current = preferences.time_zone_of(request.user)
     initial = {"time_zone": "" if current == settings.TIME_ZONE else current}
     return render(
         request,
         "incidents/account.html",
-        {"form": TimeZoneForm(initial=initial, zones=zones, site_zone=settings.TIME_ZONE)},
+        {
+            "form": TimeZoneForm(initial=initial, zones=zones, site_zone=settings.TIME_ZONE),
+            "teams": access.teams(request.user),
+        },
     )
 
 

@@ -159,6 +159,16 @@ def publication_abandon(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
+def publication_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Approvers: a scheduled publication will not go out (issue 12 §7)."""
+
+    def run(*, publication: Publication, expected_state: str | None) -> None:
+        publishing.cancel_scheduled(publication_id=publication.pk, user=request.user, expected_state=expected_state)
+
+    return _act(request, pk, action="cancel a scheduled publication", run=run)
+
+
+@require_POST
 def publication_delete_duplicates(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     def run(*, publication: Publication, expected_state: str | None) -> None:
         publishing.delete_duplicates(publication_id=publication.pk, user=request.user, expected_state=expected_state)

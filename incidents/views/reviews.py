@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from .. import access, mfa, public_text, selectors, workflow
+from .. import access, mfa, public_text, publishing, selectors, workflow
 from ..diffs import diff_fields
 from ..forms import DRAFT_FIELD_LABELS, AcceptWarningForm, BreakGlassForm, PostReviewForm, ReviewForm
 from ..http import HtmxHttpRequest
@@ -89,6 +89,8 @@ def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
         context["revision_diff"] = diff_fields(previous.fields, revision.fields, DRAFT_FIELD_LABELS)
     if revision is not None and draft.kind == DraftKind.UPDATE:
         context["incident_diff"] = diff_fields(_incident_state(draft), revision.fields, DRAFT_FIELD_LABELS)
+        # Scheduled publication (issue 12 §7): the changes of this incident still to go out, in the order they will.
+        context["queue"] = publishing.incident_queue(draft.incident.remote_id or "") if draft.incident else []
     return context
 
 
@@ -116,6 +118,7 @@ def draft_review(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             decision=decision,
             comment=form.cleaned_data["comment"],
             sha256=form.cleaned_data["sha256"],
+            publish_at=form.cleaned_data.get("publish_at"),
         )
     except workflow.MfaRequired as exc:
         return _to_enrolment(request, draft, str(exc))
@@ -126,10 +129,13 @@ def draft_review(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         url = reverse("incidents:draft_review", kwargs={"pk": draft.pk})
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     label = f"draft #{draft.pk} ({draft.title or draft.get_kind_display()})"
+    publish_at = form.cleaned_data.get("publish_at")
     messages.success(
         request,
         {
-            ReviewDecision.APPROVE: "Approved. The publication is queued and will be sent to IsDown shortly.",
+            ReviewDecision.APPROVE: f"Approved. It is scheduled for {publish_at:%Y-%m-%d %H:%M %Z}."
+            if publish_at
+            else "Approved. The publication is queued and will be sent to IsDown shortly.",
             ReviewDecision.REQUEST_CHANGES: f"Changes requested on {label}. The author has been told.",
             ReviewDecision.REJECT: f"Rejected {label}. The author has been told.",
         }[decision],

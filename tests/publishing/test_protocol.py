@@ -143,7 +143,8 @@ def test_retry_delay_is_never_earlier_than_retry_after_even_above_the_cap(settin
 
 def test_every_legal_move_has_a_dotted_audit_action_and_no_state_is_unreachable():
     assert all(action.startswith("publication.") for action in publishing.TRANSITIONS.values())
-    reachable = {S.QUEUED} | {to for _, to in publishing.TRANSITIONS}
+    # A publication is created queued, or scheduled (approved for a later time: issue 12 §7).
+    reachable = {S.QUEUED, S.SCHEDULED} | {to for _, to in publishing.TRANSITIONS}
     assert reachable == set(S.values)
 
 

@@ -8,8 +8,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from incidents import audit
+from incidents import alerts, audit
 from incidents.models import (
+    AlertRoute,
     Draft,
     DraftKind,
     DraftTemplate,
@@ -188,6 +189,7 @@ class Command(BaseCommand):
                         changes={"role": [None, str(role)]},
                     )
             self._seed_templates(team)
+            self._map_alert_labels(team)
         self._register_sandbox_services()
         return created_users
 
@@ -232,6 +234,22 @@ class Command(BaseCommand):
             sha256=revision.sha256,
         )
         return revision.draft_id
+
+    def _map_alert_labels(self, team: Team) -> None:
+        """Drafts from alerts (issue 12 §6): each demo service is mapped from the label ``service="<its name>"``,
+        by the team's approver (the token is left for an approver to create on the Alerts page: it is shown once)."""
+        approver = (
+            get_user_model()
+            .objects.filter(memberships__team=team, memberships__role=Role.APPROVER)
+            .order_by("pk")
+            .first()
+        )
+        if approver is None:
+            return
+        for service in team.services.all():
+            value = service.name.lower()
+            if not AlertRoute.objects.filter(team=team, label_name="service", label_value=value).exists():
+                alerts.add_route(team=team, user=approver, label_name="service", label_value=value, service=service)
 
     def _register_sandbox_services(self) -> None:
         """Tell the IsDown sandbox about the demo services, so it accepts writes to them."""
