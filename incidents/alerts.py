@@ -39,7 +39,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import access, audit, notifications, workflow
+from . import access, audit, draft_templates, notifications, workflow
 from .models import (
     ALERT_FINGERPRINT_MAX_LENGTH,
     ALERT_LABEL_NAME_MAX_LENGTH,
@@ -57,6 +57,7 @@ from .models import (
     Severity,
     Stage,
     Team,
+    TemplateKind,
 )
 
 TOKEN_PREFIX = "isdown_alerts_"  # noqa: S105 - a prefix that says what a token is for, not a secret
@@ -200,24 +201,36 @@ def _one_line(text: str, limit: int) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _draft_fields(alert: Alert, service: Service) -> dict[str, str]:
-    """The words an alert proposes: for a firing alert a new incident, for a resolved one the resolving update.
-    The only place they are written (per-team templates will take over here)."""
+def _draft_fields(alert: Alert, service: Service, incident: Incident | None = None) -> dict[str, str]:
+    """The words an alert proposes: for a firing alert a new incident, for a resolved one the resolving update of
+    ``incident``. The only place they are written. The team's template (the first of its kind by name:
+    draft_templates.py) wins wherever it has words, filled by plain substitution; the alert fills the rest."""
+    team = service.team
     if alert.status == AlertKind.RESOLVED:
-        return {
+        fields = {
             "title": "",
             "severity": "",
             "stage": Stage.RESOLVED,
             "description": f"The issue affecting {service.name} has been resolved.",
         }
+        resolve = draft_templates.resolve_default(team, incident) if incident is not None else None
+        if resolve is not None:
+            fields.update({name: value for name, value in resolve.items() if value and name != "title"})
+        fields["stage"] = Stage.RESOLVED
+        return fields
     severity = Severity.MAJOR if alert.labels.get("severity", "").lower() in MAJOR_SEVERITIES else Severity.MINOR
     description = alert.description.strip() or f"We are investigating an issue affecting {service.name}."
-    return {
+    fields = {
         "title": _one_line(alert.title, TITLE_MAX_LENGTH) or f"Issue affecting {service.name}",
         "severity": severity,
         "stage": Stage.INVESTIGATING,
         "description": description[:DESCRIPTION_MAX_LENGTH],
     }
+    template = draft_templates.for_team(team, TemplateKind.OPEN).first()
+    if template is not None:
+        filled = draft_templates.fill(template, draft_templates.values_for(team=team, services=[service]))
+        fields.update({name: value for name, value in filled.items() if value})
+    return fields
 
 
 # --- Tokens -----------------------------------------------------------------------------------------------------------
@@ -451,7 +464,7 @@ def _act(*, team: Team, webhook: AlertWebhook, routes: list[AlertRoute], alert: 
         author=webhook.system_user,
         service=service,
         kind=kind,
-        fields=_draft_fields(alert, service),
+        fields=_draft_fields(alert, service, incident),
         incident=incident,
         summary=f"An alert from {alert.source} ({alert.status}, {alert.fingerprint[:40]}) proposed a "
         f"{'resolve' if incident else 'new incident'} draft for {service.name}",

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from incidents import alerts, workflow
+from incidents import alerts, draft_templates, workflow
 from incidents.models import (
     AlertDelivery,
     AlertRateWindow,
@@ -31,6 +31,7 @@ from incidents.models import (
     Publication,
     PublicationState,
     Revision,
+    TemplateKind,
 )
 from tests.factories import IncidentFactory
 
@@ -471,3 +472,44 @@ def test_another_team_cannot_see_the_page_nor_map_its_services(
     assert as_user(outsider).get(f"/teams/{platform.pk}/alerts/").status_code == 404
     with pytest.raises(alerts.AlertError):
         alerts.add_route(team=platform, user=approver, label_name="service", label_value="p", service=pipeline_service)
+
+
+# --- Templates (issue 12 §2 and §6): an alert's draft starts from the team's template --------------------------------
+def test_a_firing_alert_starts_from_the_teams_new_incident_template(platform, token, routes, approver):
+    draft_templates.create(
+        user=approver,
+        team=platform,
+        fields={
+            "name": "Outage",
+            "kind": TemplateKind.OPEN,
+            "title": "",
+            "severity": "",
+            "stage": "investigating",
+            "description": "We are investigating an issue affecting {services} ({team}).",
+        },
+    )
+    draft = Draft.objects.get(pk=post(platform, FIRING_AM, token).json()["alerts"][0]["draft"])
+    # The template's public words, filled in; the alert's own title where the template has none.
+    assert draft.description == f"We are investigating an issue affecting {draft.service.name} (Platform)."
+    assert draft.title and "{" not in draft.title
+
+
+def test_a_resolved_alert_starts_from_the_teams_resolve_template(platform, token, routes, responder, approver):
+    draft_templates.create(
+        user=approver,
+        team=platform,
+        fields={
+            "name": "All clear",
+            "kind": TemplateKind.RESOLVE,
+            "title": "",
+            "severity": "",
+            "stage": "resolved",
+            "description": "{services} is working normally again.",
+        },
+    )
+    draft_id = post(platform, FIRING_AM, token).json()["alerts"][0]["draft"]
+    revision = workflow.submit(draft_id=draft_id, user=responder)
+    workflow.approve(draft_id=draft_id, revision_id=revision.pk, reviewer=approver, sha256=revision.sha256)
+    incident = _publish(Draft.objects.get(pk=draft_id))
+    resolve = Draft.objects.get(pk=post(platform, resolved(FIRING_AM), token).json()["alerts"][0]["draft"])
+    assert (resolve.stage, resolve.description) == ("resolved", f"{incident.service.name} is working normally again.")
