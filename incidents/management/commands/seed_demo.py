@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import json
 import os
+from datetime import timedelta
 from typing import TypedDict
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
 
 from incidents import alerts, audit
 from incidents.models import (
     AlertRoute,
+    AlertWebhook,
     Draft,
     DraftKind,
     DraftTemplate,
@@ -104,6 +108,29 @@ DEMO_GROUPED_FIELDS: dict[str, str] = {
 }
 
 
+# Issue 12's other features, shown once in the sandbox (see _seed_feature_demos).
+DEMO_SCHEDULED_FIELDS: dict[str, str] = {
+    "title": "Scheduled maintenance of the Pipeline",
+    "severity": "minor",
+    "stage": "identified",
+    "description": "Pipeline runs pause for about 30 minutes for a database upgrade. Results are delayed, not lost.",
+}
+DEMO_LINTED_FIELDS: dict[str, str] = {
+    "title": "Login failures",
+    "severity": "major",
+    "stage": "investigating",
+    "description": "Logins fail since 09:12. TimeoutError from auth-db-2.internal (10.0.4.17); ask oncall@example.com.",
+}
+DEMO_ALERT: dict[str, object] = {
+    "source": "uptime-checker",
+    "status": "firing",
+    "fingerprint": "demo-dashboard-down",
+    "labels": {"service": "dashboard"},
+    "title": "Dashboard is not loading",
+    "description": "502 on every check from 3 regions.",
+}
+
+
 class Command(BaseCommand):
     help = "Create the demo teams, services and users. Idempotent; refuses to run with DEBUG off unless --force."
 
@@ -117,6 +144,7 @@ class Command(BaseCommand):
         with transaction.atomic():
             created_users = self._seed(password)
             grouped = self._seed_grouped_incident()
+            demos = self._seed_feature_demos()
         if created_users:
             self.stdout.write(f"Demo users created: {', '.join(created_users)}")
         if grouped:
@@ -124,7 +152,9 @@ class Command(BaseCommand):
                 f"Demo incident across {' and '.join(DEMO_GROUPED_SERVICES)} drafted and approved "
                 f"(draft #{grouped}); the worker publishes it to the sandbox, one IsDown incident per service."
             )
-        if not created_users and not grouped:
+        for demo in demos:
+            self.stdout.write(f"Demo: {demo}.")
+        if not created_users and not grouped and not demos:
             self.stdout.write("Demo data already present; nothing changed.")
         self._greet(password)
 
@@ -234,6 +264,48 @@ class Command(BaseCommand):
             sha256=revision.sha256,
         )
         return revision.draft_id
+
+    def _seed_feature_demos(self) -> list[str]:
+        """Issue 12's features on show (sandbox only, once, through the real code paths): a scheduled maintenance
+        notice, a draft in review whose words the public-text check warns about, and a draft an alert wrote."""
+        if not settings.SANDBOX_ENABLED or Draft.objects.filter(title=DEMO_SCHEDULED_FIELDS["title"]).exists():
+            return []
+        from incidents import workflow
+
+        User = get_user_model()
+        shown = []
+        data = Team.objects.get(name="Data")
+        pipeline = data.services.get(name="Pipeline")
+        scheduled = workflow.create_and_submit(
+            user=User.objects.get(username="data-responder"),
+            service=pipeline,
+            kind=DraftKind.OPEN,
+            fields=dict(DEMO_SCHEDULED_FIELDS),
+        )
+        tomorrow_8 = timezone.localtime().replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        workflow.approve(
+            draft_id=scheduled.draft_id,
+            revision_id=scheduled.pk,
+            reviewer=User.objects.get(username="data-approver"),
+            sha256=scheduled.sha256,
+            publish_at=tomorrow_8,
+        )
+        shown.append(f"a maintenance notice scheduled for {tomorrow_8:%Y-%m-%d %H:%M %Z} (draft #{scheduled.draft_id})")
+        platform = Team.objects.get(name="Platform")
+        linted = workflow.create_and_submit(
+            user=User.objects.get(username="responder"),
+            service=platform.services.get(name="API"),
+            kind=DraftKind.OPEN,
+            fields=dict(DEMO_LINTED_FIELDS),
+        )
+        shown.append(f"a draft in review the public-text check warns about (draft #{linted.draft_id})")
+        approver = User.objects.get(username="approver")
+        if not AlertWebhook.objects.filter(team=platform).exists():
+            alerts.rotate_token(team=platform, user=approver)  # the token is not shown: rotate it on the Alerts page
+        [outcome] = alerts.receive(team=platform, alerts=alerts.parse(json.dumps(DEMO_ALERT).encode()))
+        if outcome.get("draft"):
+            shown.append(f"a draft written by an alert from {DEMO_ALERT['source']} (draft #{outcome['draft']})")
+        return shown
 
     def _map_alert_labels(self, team: Team) -> None:
         """Drafts from alerts (issue 12 §6): each demo service is mapped from the label ``service="<its name>"``,
