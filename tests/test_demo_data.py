@@ -1,5 +1,6 @@
-"""The demo shows issue 12's features (README: "the demo data show each one"): a grouped incident (test_fanout), and
-here a scheduled maintenance notice, a draft the public-text check warns about, an alert's draft, templates."""
+"""The demo shows issue 12's features (README: "the demo data show each one"): a grouped incident (test_fanout),
+and here a break-glass publication, a scheduled maintenance notice, a draft the public-text check warns about, an
+alert's draft and templates."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def test_seed_demo_shows_scheduling_the_lint_and_an_alert_draft_once(settings, c
     assert delivery.draft is not None and delivery.draft.state == DraftState.DRAFT
     assert delivery.draft.service.name == "Dashboard"
     assert DraftTemplate.objects.filter(team__name="Platform").exists()
+
+    glass = Draft.objects.get(title="Dashboard sign-in unavailable")
+    review = glass.revisions.get().review
+    assert (review.decision, review.reviewer.username) == ("break_glass", "approver2")
+    assert not hasattr(review, "post_review")  # red on the dashboard until another approver reviews it
+    assert "approver2's demo authenticator secret" in out
 
     drafts = Draft.objects.count()
     call_command("seed_demo")

@@ -121,6 +121,14 @@ DEMO_LINTED_FIELDS: dict[str, str] = {
     "stage": "investigating",
     "description": "Logins fail since 09:12. TimeoutError from auth-db-2.internal (10.0.4.17); ask oncall@example.com.",
 }
+DEMO_BREAK_GLASS_FIELDS: dict[str, str] = {
+    "title": "Dashboard sign-in unavailable",
+    "severity": "major",
+    "stage": "investigating",
+    "description": "Signing in to the Dashboard fails for all customers. We are working on it.",
+}
+# Development only (the sandbox): a public secret, so a demo user can add approver2's authenticator to their app.
+DEMO_TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # noqa: S105 - a demo secret, sandbox only
 DEMO_ALERT: dict[str, object] = {
     "source": "uptime-checker",
     "status": "firing",
@@ -265,6 +273,40 @@ class Command(BaseCommand):
         )
         return revision.draft_id
 
+    def _seed_break_glass(self, platform: Team) -> str:
+        """approver2 enrols an authenticator (the demo secret, so you can add it to your app) and breaks the glass
+        on their own draft: a red queue on the dashboard until another approver reviews it after the fact."""
+        from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
+
+        from incidents import mfa, workflow
+
+        def code(moment) -> str:
+            return format_hotp_value(hotp_value(DEMO_TOTP_SECRET, int(moment.timestamp()) // 30))
+
+        user = get_user_model().objects.get(username="approver2")
+        now = timezone.now()
+        if not mfa.has_totp(user):
+            mfa.enrol(user=user, secret=DEMO_TOTP_SECRET, code=code(now - timedelta(seconds=30)), now=now)
+        revision = workflow.create_and_submit(
+            user=user,
+            service=platform.services.get(name="Dashboard"),
+            kind=DraftKind.OPEN,
+            fields=dict(DEMO_BREAK_GLASS_FIELDS),
+        )
+        workflow.break_glass(
+            draft_id=revision.draft_id,
+            revision_id=revision.pk,
+            user=user,
+            sha256=revision.sha256,
+            reason="Demo: customers cannot log in and the other approver is on a plane.",
+            totp_code=code(now),
+            now=now,
+        )
+        return (
+            f"a break-glass publication by approver2 waiting for review after the fact (draft #{revision.draft_id}; "
+            f"approver2's demo authenticator secret is {DEMO_TOTP_SECRET})"
+        )
+
     def _seed_feature_demos(self) -> list[str]:
         """Issue 12's features on show (sandbox only, once, through the real code paths): a scheduled maintenance
         notice, a draft in review whose words the public-text check warns about, and a draft an alert wrote."""
@@ -299,6 +341,7 @@ class Command(BaseCommand):
             fields=dict(DEMO_LINTED_FIELDS),
         )
         shown.append(f"a draft in review the public-text check warns about (draft #{linted.draft_id})")
+        shown.append(self._seed_break_glass(platform))
         approver = User.objects.get(username="approver")
         if not AlertWebhook.objects.filter(team=platform).exists():
             alerts.rotate_token(team=platform, user=approver)  # the token is not shown: rotate it on the Alerts page
