@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -154,22 +154,38 @@ def field_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, li
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """A head ``(seq, hash)`` known from outside the chain (a signed checkpoint), named for reports."""
+
+    seq: int
+    hash: str
+    name: str
+
+
+@dataclass(frozen=True)
 class VerifyResult:
     ok: bool
     count: int
     head: str
     broken_seq: int | None = None
     reason: str = ""
+    anchors_checked: int = 0
 
     def message(self) -> str:
         if self.ok:
-            return f"OK: {self.count} events, head {self.head}"
+            anchored = f", {self.anchors_checked} checkpoint(s) match" if self.anchors_checked else ""
+            return f"OK: {self.count} events, head {self.head}{anchored}"
         return f"BROKEN at seq {self.broken_seq}: {self.reason}"
 
 
-def verify_chain(batch_size: int = 2000) -> VerifyResult:
-    """Recompute every hash in seq order; name the first seq whose link, hash or numbering is wrong."""
-    prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
+def verify_chain(batch_size: int = 2000, anchors: Sequence[Anchor] = ()) -> VerifyResult:
+    """Recompute every hash in seq order; name the first seq whose link, hash or numbering is wrong, or whose hash
+    contradicts an anchor (a signed checkpoint: a chain re-hashed after doctoring is consistent with itself, not
+    with what was signed before). An anchor past the end of the chain means events were removed."""
+    by_seq: dict[int, list[Anchor]] = {}
+    for anchor in anchors:
+        by_seq.setdefault(anchor.seq, []).append(anchor)
+    prev_hash, expected_seq, count, checked = GENESIS_HASH, 1, 0, 0
     # A server-side cursor keeps memory flat at any table size.
     with transaction.atomic():
         for event in AuditEvent.objects.order_by("seq").iterator(chunk_size=batch_size):
@@ -179,8 +195,29 @@ def verify_chain(batch_size: int = 2000) -> VerifyResult:
                 return VerifyResult(False, count, prev_hash, event.seq, "prev_hash does not match the event before")
             if compute_hash(prev_hash, event) != event.hash:
                 return VerifyResult(False, count, prev_hash, event.seq, "the row's content does not match its hash")
+            for anchor in by_seq.get(event.seq, ()):
+                if anchor.hash != event.hash:
+                    return VerifyResult(
+                        False,
+                        count,
+                        prev_hash,
+                        event.seq,
+                        f"{anchor.name} signed hash {anchor.hash} for this seq; the chain now has {event.hash}: "
+                        "the chain was rewritten after it was signed",
+                    )
+                checked += 1
             prev_hash, expected_seq, count = event.hash, expected_seq + 1, count + 1
-    return VerifyResult(True, count, prev_hash)
+    beyond = sorted((anchor for anchor in anchors if anchor.seq >= expected_seq), key=lambda anchor: anchor.seq)
+    if beyond:
+        anchor = beyond[0]
+        return VerifyResult(
+            False,
+            count,
+            prev_hash,
+            anchor.seq,
+            f"{anchor.name} signed seq {anchor.seq}, but the chain ends at seq {expected_seq - 1}: events were removed",
+        )
+    return VerifyResult(True, count, prev_hash, anchors_checked=checked)
 
 
 # --- Export -------------------------------------------------------------------------------------------------

@@ -50,6 +50,16 @@ def production_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         )
     if not settings.ISDOWN_API_URL.startswith("https://"):
         problems.append(Warning("ISDOWN_API_URL is not https.", hint="Use https://isdown.app.", id="isdown.W002"))
+    if not settings.AUDIT_CHECKPOINT_SINK:
+        problems.append(
+            Warning(
+                "AUDIT_CHECKPOINT_SINK is unset: signed audit checkpoints are kept only in the database, whose owner "
+                "can delete them.",
+                hint="Set AUDIT_CHECKPOINT_SINK to a file outside the database (shipped to storage the owner cannot "
+                "rewrite).",
+                id="isdown.W004",
+            )
+        )
     return problems
 
 

@@ -612,3 +612,25 @@ def _display(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+# --- Audit checkpoints (issue 13: signed heads of the chain) -----------------------------------------------
+class AuditCheckpoint(models.Model):
+    """The chain's head ``(seq, hash)`` at ``signed_at``, signed with the Ed25519 key kept outside the database.
+    Written only by ``checkpoints.sign_head``; insert-only like the audit table (triggers and grants, migration
+    0010), and also appended to the sink file (``AUDIT_CHECKPOINT_SINK``). ``signature`` is over
+    ``isdown_admin.signing.checkpoint_message``."""
+
+    seq = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+    signed_at = models.DateTimeField()
+    reason = models.CharField(max_length=20)
+    public_key = models.CharField(max_length=64)
+    signature = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["seq"], name="audit_checkpoint_seq")]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.pk} at seq {self.seq}"

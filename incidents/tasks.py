@@ -1,5 +1,5 @@
-"""Celery tasks: thin wrappers over publishing.py, sync.py and notifications.py. Arguments are ids only; work is
-enqueued only through enqueue.py.
+"""Celery tasks: thin wrappers over publishing.py, sync.py, notifications.py and checkpoints.py. Arguments are ids
+only; work is enqueued only through enqueue.py.
 
 Every task is safe to run twice or late: publishing claims rows under ``skip_locked`` and re-checks state, so a
 duplicate message (sweeper plus broker redelivery) costs a query, never a second request. A task that meets a
@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_shutdown
 from django.db import DatabaseError, InterfaceError
 
-from . import enqueue, isdown, notifications, publishing, sync
+from . import checkpoints, enqueue, isdown, notifications, publishing, sync
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +96,16 @@ def sync_open_incidents(self: Task[[], dict[str, int]]) -> dict[str, int]:
 def sync_incident(self: Task[[int], dict[str, int]], incident_id: int) -> dict[str, int]:
     report = sync.sync_incident(incident_id=incident_id, task_id=self.request.id or "")
     return {"synced": len(report.synced), "drifted": len(report.drifted), "missing": len(report.missing)}
+
+
+@shared_task(
+    name="incidents.tasks.checkpoint_audit_log",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_ON_DATABASE_ERROR,
+)
+def checkpoint_audit_log(self: Task[[], int | None]) -> int | None:
+    """Beat's signed checkpoint of the chain's head (skipped when the head has not moved since the last one)."""
+    checkpoint = checkpoints.sign_head("interval", only_if_moved=True)
+    return checkpoint.pk if checkpoint is not None else None

@@ -6,6 +6,7 @@ events of the teams where the user audits or approves, plus team-less sign-in ev
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from datetime import datetime
 from urllib.parse import urlencode
@@ -17,7 +18,7 @@ from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import access, audit, selectors
+from .. import access, audit, checkpoints, selectors
 from ..forms import AuditFilterForm
 from ..http import HtmxHttpRequest
 
@@ -77,9 +78,20 @@ def _render_page(request: HtmxHttpRequest, form: AuditFilterForm, *, status: int
         "page_size": selectors.AUDIT_PAGE_SIZE,
     }
     partial = request.htmx and not request.htmx.history_restore_request
+    if not partial:
+        context["signing"] = _signing_context()
     response = render(request, f"{TEMPLATE}#htmx_results" if partial else TEMPLATE, context, status=status)
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+def _signing_context() -> dict[str, object]:
+    """The key auditors pin (and its fingerprint) and the latest signed checkpoints of the chain."""
+    try:
+        key = checkpoints.public_key()
+    except checkpoints.CheckpointError as exc:
+        return {"problem": str(exc)}
+    return {"public_key": key, "fingerprint": checkpoints.fingerprint(), "checkpoints": checkpoints.latest(5)}
 
 
 # --- Views --------------------------------------------------------------------------------------------------
@@ -108,6 +120,14 @@ def _export(request: HtmxHttpRequest, fmt: str) -> HttpResponse:
             summary=f"Exported the audit log as {label} (filters: {described})"[:500],
             context={"export": {"format": fmt, "filters": filters}},
         )
+    # Every export signs the head it starts from (the exported-event above included): the export can be checked
+    # against it, and against every checkpoint before it, offline.
+    try:
+        checkpoints.sign_head("export")
+        preamble = checkpoints.export_preamble() if fmt == "jsonl" else []
+    except checkpoints.CheckpointError as exc:
+        messages.error(request, f"The export was not made: {exc}")
+        return redirect("incidents:audit_log")
     events = selectors.filtered_events(request.user, form.cleaned_data).order_by("-seq")
     # A server-side cursor: memory stays flat however many rows match.
     rows = events.iterator(chunk_size=EXPORT_CHUNK_ROWS)
@@ -115,7 +135,9 @@ def _export(request: HtmxHttpRequest, fmt: str) -> HttpResponse:
     if fmt == "csv":
         response = StreamingHttpResponse(audit.iter_csv(rows), content_type="text/csv; charset=utf-8")
     else:
-        response = StreamingHttpResponse(audit.iter_jsonl(rows), content_type="application/x-ndjson; charset=utf-8")
+        response = StreamingHttpResponse(
+            itertools.chain(preamble, audit.iter_jsonl(rows)), content_type="application/x-ndjson; charset=utf-8"
+        )
     response["Content-Disposition"] = f'attachment; filename="audit-log-{stamp}.{fmt}"'
     response["Cache-Control"] = "no-store"
     return response
@@ -133,9 +155,12 @@ def audit_export_jsonl(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_POST
 def audit_verify(request: HtmxHttpRequest) -> HttpResponse:
-    """Recompute the whole chain, record that we did and what we found, and show it."""
+    """Recompute the whole chain against every signed checkpoint, record that we did and what we found, show it."""
     _require_audit_reader(request.user)
-    result = audit.verify_chain()
+    try:
+        result = checkpoints.verify()
+    except checkpoints.CheckpointError as exc:
+        result = audit.VerifyResult(False, 0, audit.GENESIS_HASH, None, str(exc))
     for team in selectors.audit_scope_teams(request.user, ""):
         audit.record(
             "audit.verified",

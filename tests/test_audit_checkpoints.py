@@ -1,0 +1,320 @@
+"""Signed checkpoints (issue 13): the chain's head signed with a key outside the database, stored insert-only and in
+a sink file; verify (the command, the page, the offline script) checks the chain against every checkpoint, so a
+doctored chain that the database's owner re-hashed consistently is still caught, naming the checkpoint."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.core.management import CommandError, call_command
+from django.db import DatabaseError, connection, transaction
+
+from incidents import audit, checkpoints
+from incidents.models import AuditCheckpoint, AuditEvent
+from isdown_admin import signing
+
+from .conftest import as_owner, tamper_as_owner
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tools" / "verify_audit_export.py"
+
+
+def _record(team, count: int = 6) -> None:
+    for n in range(count):
+        audit.record("draft.saved", team=team, summary=f"event {n}", changes={"n": [n, n + 1]})
+
+
+def _verify_command() -> str:
+    with pytest.raises(CommandError) as failure:
+        call_command("verify_audit_log", stdout=StringIO())
+    assert failure.value.returncode == 1
+    return str(failure.value)
+
+
+def _rehash_everything() -> None:
+    """What an owner without the key does after doctoring: recompute every link and hash, so the chain is
+    consistent with itself again."""
+    prev_hash = audit.GENESIS_HASH
+    for event in list(AuditEvent.objects.order_by("seq")):
+        event.prev_hash = prev_hash
+        event.hash = audit.compute_hash(prev_hash, event)
+        tamper_as_owner(
+            "UPDATE incidents_auditevent SET prev_hash = %s, hash = %s WHERE id = %s",
+            [event.prev_hash, event.hash, event.pk],
+        )
+        prev_hash = event.hash
+
+
+def _offline(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "export.jsonl"
+    path.write_text(text, encoding="utf-8")
+    # -I -S: the standard library alone (no cryptography): signatures go through the RFC 8032 reference code.
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(SCRIPT), str(path), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def _export(client) -> str:
+    response = client.get("/audit/export.jsonl")
+    assert response.status_code == 200
+    return b"".join(response.streaming_content).decode()
+
+
+# --- Signing and storing ----------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_a_checkpoint_signs_the_head_and_is_appended_to_the_sink(platform, checkpoint_sink):
+    _record(platform, 3)
+    checkpoint = checkpoints.sign_head("interval")
+    head = AuditEvent.objects.order_by("-seq").first()
+    assert (checkpoint.seq, checkpoint.hash) == (head.seq, head.hash)
+    assert checkpoint.public_key == checkpoints.public_key()
+    message = signing.checkpoint_message(
+        seq=checkpoint.seq, hash=checkpoint.hash, signed_at=checkpoint.signed_at.isoformat()
+    )
+    assert signing.signature_valid(checkpoint.public_key, message, checkpoint.signature)
+    sink = [json.loads(line) for line in checkpoint_sink.read_text().splitlines()]
+    assert sink == [checkpoints.as_record(checkpoint)]
+
+
+@pytest.mark.django_db
+def test_the_interval_checkpoint_is_skipped_while_the_head_has_not_moved(platform):
+    assert checkpoints.sign_head("interval", only_if_moved=True) is None  # an empty log: nothing to sign
+    _record(platform, 2)
+    assert checkpoints.sign_head("interval", only_if_moved=True) is not None
+    assert checkpoints.sign_head("interval", only_if_moved=True) is None
+    _record(platform, 1)
+    assert checkpoints.sign_head("interval", only_if_moved=True) is not None
+    assert AuditCheckpoint.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_the_beat_task_signs_a_checkpoint(platform):
+    from incidents import tasks
+
+    _record(platform, 2)
+    checkpoint_id = tasks.checkpoint_audit_log.apply().get()
+    assert AuditCheckpoint.objects.get(pk=checkpoint_id).reason == "interval"
+
+
+@pytest.mark.django_db
+def test_a_sink_that_cannot_be_written_rolls_the_checkpoint_back(platform, settings, tmp_path):
+    _record(platform, 1)
+    settings.AUDIT_CHECKPOINT_SINK = str(tmp_path / "a-file" / "sink.jsonl")
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(checkpoints.CheckpointError, match="AUDIT_CHECKPOINT_SINK"):
+        checkpoints.sign_head("export")
+    assert not AuditCheckpoint.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE incidents_auditcheckpoint SET hash = 'forged' WHERE id = %s",
+        "DELETE FROM incidents_auditcheckpoint WHERE id = %s",
+    ],
+)
+def test_the_checkpoint_table_is_insert_only_for_the_app_and_the_owner(platform, sql):
+    _record(platform, 1)
+    checkpoint = checkpoints.sign_head("interval")
+    with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, [checkpoint.pk])
+    with as_owner(), pytest.raises(DatabaseError, match="append-only"), connection.cursor() as cursor:
+        cursor.execute(sql, [checkpoint.pk])
+    assert AuditCheckpoint.objects.get(pk=checkpoint.pk).hash == checkpoint.hash
+
+
+# --- Verify: a clean log ------------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_verify_checks_the_chain_against_every_checkpoint(platform):
+    _record(platform, 3)
+    checkpoints.sign_head("interval")
+    _record(platform, 3)
+    checkpoints.sign_head("export")
+    out = StringIO()
+    call_command("verify_audit_log", stdout=out)
+    assert out.getvalue().strip().endswith("2 checkpoint(s) match")
+
+
+# --- Verify: the database's owner doctors the chain and re-hashes it --------------------------------------------
+@pytest.fixture
+def signed_log(platform):
+    _record(platform, 6)
+    first = checkpoints.sign_head("interval")
+    _record(platform, 4)
+    second = checkpoints.sign_head("interval")
+    return first, second
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_relabelled_and_rehashed_chain_fails_verify_naming_the_checkpoint(signed_log, auditor, as_user):
+    first, _ = signed_log
+    tamper_as_owner("UPDATE incidents_auditevent SET action = 'draft.created' WHERE seq = %s", [3])
+    _rehash_everything()
+    assert audit.verify_chain().ok  # consistent with itself: without checkpoints nothing would show
+    message = _verify_command()
+    assert f"BROKEN at seq {first.seq}" in message
+    assert f"checkpoint #{first.pk}" in message and "rewritten after it was signed" in message
+    page = as_user(auditor).post("/audit/verify/", headers={"HX-Request": "true"})
+    assert f"checkpoint #{first.pk}" in page.content.decode()
+    assert AuditEvent.objects.filter(action="audit.verified", summary__contains="BROKEN").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deleted_row_renumbered_and_rehashed_fails_verify_naming_the_checkpoint(signed_log):
+    first, _ = signed_log
+    tamper_as_owner("DELETE FROM incidents_auditevent WHERE seq = %s", [2])
+    for seq in range(3, AuditEvent.objects.order_by("-seq").first().seq + 1):
+        tamper_as_owner("UPDATE incidents_auditevent SET seq = seq - 1 WHERE seq = %s", [seq])
+    _rehash_everything()
+    assert audit.verify_chain().ok
+    message = _verify_command()
+    assert f"checkpoint #{first.pk}" in message
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("signed_log")
+def test_a_forged_checkpoint_signed_with_another_key_fails_verify():
+    tamper_as_owner("UPDATE incidents_auditevent SET summary = 'nothing happened' WHERE seq = %s", [8])
+    _rehash_everything()
+    head = AuditEvent.objects.order_by("-seq").first()
+    other = Ed25519PrivateKey.generate()
+    signed_at = "2026-01-01T00:00:00+00:00"
+    AuditCheckpoint.objects.create(
+        seq=head.seq,
+        hash=head.hash,
+        signed_at=signed_at,
+        reason="interval",
+        public_key=signing.public_b64(other),
+        signature=signing.sign(other, signing.checkpoint_message(seq=head.seq, hash=head.hash, signed_at=signed_at)),
+    )
+    message = _verify_command()
+    assert "not by the audit signing key" in message and f"seq {head.seq}" in message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_checkpoints_deleted_from_the_database_are_still_in_the_sink(signed_log):
+    first, _ = signed_log
+    tamper_as_owner("DELETE FROM incidents_auditcheckpoint", [], table="incidents_auditcheckpoint")
+    tamper_as_owner("UPDATE incidents_auditevent SET summary = 'nothing happened' WHERE seq = %s", [3])
+    _rehash_everything()
+    message = _verify_command()
+    assert f"checkpoint #{first.pk} from the sink" in message and "missing from the database" in message
+
+
+# --- The auditors' page ---------------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_the_audit_page_shows_the_public_key_its_fingerprint_and_the_latest_checkpoints(platform, auditor, as_user):
+    _record(platform, 2)
+    checkpoint = checkpoints.sign_head("interval")
+    html = as_user(auditor).get("/audit/").content.decode()
+    assert checkpoints.public_key() in html and checkpoints.fingerprint() in html
+    assert checkpoint.hash in html
+
+
+@pytest.mark.django_db
+def test_every_export_signs_a_checkpoint_of_the_head_it_starts_from(platform, auditor, as_user):
+    _record(platform, 2)
+    response = as_user(auditor).get("/audit/export.csv")
+    assert response.status_code == 200
+    b"".join(response.streaming_content)
+    checkpoint = AuditCheckpoint.objects.get()
+    assert checkpoint.reason == "export"
+    assert checkpoint.seq == AuditEvent.objects.get(action="audit.exported").seq
+
+
+# --- Offline ----------------------------------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_offline_a_fresh_export_verifies_against_the_pinned_key(signed_log, auditor, as_user, tmp_path):
+    text = _export(as_user(auditor))
+    header = json.loads(text.splitlines()[0])
+    assert header["type"] == "header" and header["public_key"] == checkpoints.public_key()
+    # The auditor's export is the team's events (sign-ins without a team are not theirs): no --full.
+    result = _offline(tmp_path, text, "--public-key", checkpoints.public_key())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 signed checkpoint(s) match" in result.stdout  # two from beat, one from this export
+    assert "pure-Python RFC 8032" in result.stdout
+    by_fingerprint = _offline(tmp_path, text, "--public-key", checkpoints.fingerprint())
+    assert by_fingerprint.returncode == 0, by_fingerprint.stdout
+    unpinned = _offline(tmp_path, text)
+    assert unpinned.returncode == 0 and "not pinned" in unpinned.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_offline_a_doctored_rehashed_export_fails_naming_the_checkpoint(signed_log, auditor, as_user, tmp_path):
+    first, _ = signed_log
+    tamper_as_owner("UPDATE incidents_auditevent SET action = 'draft.created' WHERE seq = %s", [3])
+    _rehash_everything()
+    text = _export(as_user(auditor))
+    result = _offline(tmp_path, text, "--public-key", checkpoints.public_key())
+    assert result.returncode == 1, result.stdout
+    assert f"BROKEN at seq {first.seq}: checkpoint #{first.pk}" in result.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_offline_an_export_re_signed_with_another_key_fails_against_the_pinned_key(
+    signed_log, auditor, as_user, tmp_path
+):
+    text = _export(as_user(auditor))
+    pinned = checkpoints.public_key()
+    other = Ed25519PrivateKey.generate()
+    lines = []
+    for line in text.splitlines():
+        row = json.loads(line)
+        if row.get("type") == "header":
+            row["public_key"] = signing.public_b64(other)
+        elif row.get("type") == "checkpoint":
+            row["public_key"] = signing.public_b64(other)
+            message = signing.checkpoint_message(seq=row["seq"], hash=row["hash"], signed_at=row["signed_at"])
+            row["signature"] = signing.sign(other, message)
+        lines.append(json.dumps(row))
+    forged = "\n".join(lines)
+    assert _offline(tmp_path, forged).returncode == 0  # self-consistent: only a pinned key tells
+    result = _offline(tmp_path, forged, "--public-key", pinned)
+    assert result.returncode == 1 and "not the pinned" in result.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_offline_the_sink_copy_catches_checkpoints_left_out_of_the_export(
+    signed_log, auditor, as_user, tmp_path, checkpoint_sink
+):
+    first, _ = signed_log
+    tamper_as_owner("UPDATE incidents_auditevent SET action = 'draft.created' WHERE seq = %s", [3])
+    _rehash_everything()
+    # The owner also drops the checkpoints from the export; the sink copy the auditor holds still has them.
+    text = "\n".join(
+        line for line in _export(as_user(auditor)).splitlines() if json.loads(line).get("type") != "checkpoint"
+    )
+    sink = tmp_path / "sink-copy.jsonl"
+    sink.write_text(checkpoint_sink.read_text())
+    result = _offline(tmp_path, text, "--public-key", checkpoints.public_key(), "--checkpoints", str(sink))
+    assert result.returncode == 1 and f"checkpoint #{first.pk}" in result.stdout
+
+
+def test_the_scripts_ed25519_code_agrees_with_the_cryptography_package():
+    spec = importlib.util.spec_from_file_location("verify_audit_export", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    key = Ed25519PrivateKey.generate()
+    public = signing.public_raw(key)
+    for message in (b"", b"isdown-admin audit checkpoint v1\n{}", bytes(range(256))):
+        signature = key.sign(message)
+        assert script.ed25519_verify_pure(public, message, signature)
+        assert not script.ed25519_verify_pure(public, message + b"x", signature)
+        assert not script.ed25519_verify_pure(public, message, signature[:-1] + bytes([signature[-1] ^ 1]))
+    other = signing.public_raw(Ed25519PrivateKey.generate())
+    assert not script.ed25519_verify_pure(other, b"m", key.sign(b"m"))
+    assert script.fingerprint(base64.b64encode(public).decode()) == signing.fingerprint(
+        base64.b64encode(public).decode()
+    )
+    assert script.checkpoint_message({"seq": 3, "hash": "ab", "signed_at": "t"}) == signing.checkpoint_message(
+        seq=3, hash="ab", signed_at="t"
+    )
