@@ -21,6 +21,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.db.models import Model
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from . import audit_actions
@@ -288,3 +289,80 @@ def iter_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
 def iter_jsonl(events: Iterable[AuditEvent]) -> Iterator[str]:
     """One canonical JSON object per line, exactly as stored (no neutralising: JSON is not a spreadsheet)."""
     return _chunked(canonical_json(export_row(event)) + "\n" for event in events)
+
+
+# --- Fast export: the database renders each row ---------------------------------------------------------------
+# At a million rows the ORM's model instances and Python's json.dumps cost ~75 µs a row (13 k rows/s). Here
+# PostgreSQL renders each JSON line (json_build_object; the created_at text exactly as Python's UTC isoformat(),
+# microseconds only when there are some) and each CSV cell (formulas neutralised), and the export reads one text
+# column, or one tuple of texts, through a server-side cursor. A JSON line's keys and spacing are PostgreSQL's,
+# not the canonical form: a verifier parses each line and re-canonicalises it (tools/verify_audit_export.py does).
+_T = AuditEvent._meta.db_table
+_CREATED_AT_SQL = (
+    f"to_char({_T}.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
+    f"CASE WHEN extract(microseconds FROM {_T}.created_at)::bigint %% 1000000 = 0 THEN '' "
+    f"ELSE to_char({_T}.created_at AT TIME ZONE 'UTC', '.US') END || '+00:00'"
+)
+_JSON_COLUMNS = ("changes", "context")
+_NUMBER_COLUMNS = ("seq", "actor_id", "team_id")
+EXPORT_LINE_SQL = (
+    "json_build_object("
+    + ", ".join(
+        f"'{name}', " + (_CREATED_AT_SQL if name == "created_at" else f"{_T}.{name}") for name in EXPORT_COLUMNS
+    )
+    + ")::text"
+)
+# OWASP's formula prefixes (as _FORMULA_PREFIXES), as a regular expression over the text without leading spaces.
+_FORMULA_RE = "^[-=+@\\t\\r\\n\uff1d\uff0b\uff0d\uff20]"
+
+
+def _csv_cell_sql(name: str) -> str:
+    if name == "created_at":
+        return _CREATED_AT_SQL
+    if name in _NUMBER_COLUMNS:
+        return f"{_T}.{name}::text"
+    text = f"{_T}.{name}::text" if name in _JSON_COLUMNS else f"{_T}.{name}"
+    return f"CASE WHEN ltrim({text}, ' ') ~ E'{_FORMULA_RE}' THEN '''' || {text} ELSE {text} END"
+
+
+EXPORT_CSV_SQL = tuple(_csv_cell_sql(name) for name in EXPORT_COLUMNS)
+EXPORT_FETCH_ROWS = 20_000
+# Rows per yielded chunk (~64 KB of text).
+_ROWS_PER_CHUNK = 200
+
+
+def fast_jsonl(events: Any) -> Iterator[str]:
+    """JSON Lines of ``events`` (a queryset, in its order), rendered by PostgreSQL; yields ~64 KB chunks."""
+    # Constant SQL, no input in it (the filters stay the queryset's parameters).
+    lines = events.annotate(export_line=RawSQL(EXPORT_LINE_SQL, [])).values_list("export_line", flat=True)  # noqa: S611
+    batch: list[str] = []
+    for line in lines.iterator(chunk_size=EXPORT_FETCH_ROWS):
+        batch.append(line)
+        if len(batch) >= _ROWS_PER_CHUNK:
+            batch.append("")
+            yield "\n".join(batch)
+            batch = []
+    if batch:
+        batch.append("")
+        yield "\n".join(batch)
+
+
+def fast_csv(events: Any) -> Iterator[str]:
+    """CSV of ``events`` (a queryset, in its order) with a header row, cells rendered (formulas neutralised) by
+    PostgreSQL; yields ~64 KB chunks."""
+    names = [f"export_{name}" for name in EXPORT_COLUMNS]
+    rows = events.annotate(**{n: RawSQL(sql, []) for n, sql in zip(names, EXPORT_CSV_SQL, strict=True)})  # noqa: S611
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    batch: list[tuple[Any, ...]] = []
+    for row in rows.values_list(*names).iterator(chunk_size=EXPORT_FETCH_ROWS):
+        batch.append(row)
+        if len(batch) >= _ROWS_PER_CHUNK:
+            writer.writerows(batch)
+            batch = []
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate(0)
+    writer.writerows(batch)
+    yield buffer.getvalue()

@@ -318,3 +318,36 @@ def test_the_scripts_ed25519_code_agrees_with_the_cryptography_package():
     assert script.checkpoint_message({"seq": 3, "hash": "ab", "signed_at": "t"}) == signing.checkpoint_message(
         seq=3, hash="ab", signed_at="t"
     )
+
+
+# --- The fast export (issue 13, item 2): PostgreSQL renders the rows ------------------------------------------
+@pytest.mark.django_db
+def test_the_fast_exports_carry_the_same_values_as_the_rows(platform):
+    import csv
+    import io
+    from datetime import UTC, datetime
+
+    audit.record("draft.saved", team=platform, summary='=1+1 café \u2028 "quoted" \\ back', changes={"b": [1, None]})
+    audit.record("draft.saved", team=platform, summary="-minus", target_label="  @at", context={"ip": "10.0.0.1"})
+    # A row written at a whole second: Python's isoformat() then has no microseconds, and neither may the export.
+    AuditEvent.objects.create(
+        seq=3,
+        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        actor_label="x",
+        action="draft.saved",
+        summary="whole second",
+        prev_hash="0" * 64,
+        hash="1" * 64,
+    )
+    events = AuditEvent.objects.order_by("-seq")
+    lines = "".join(audit.fast_jsonl(events)).split("\n")[:-1]  # not splitlines(): U+2028 is no line end here
+    assert len(lines) == 3
+    for line, event in zip(lines, events, strict=True):
+        assert json.loads(line) == audit.export_row(event)
+    assert json.loads(lines[0])["created_at"] == "2026-01-02T03:04:05+00:00"
+    rows = list(csv.DictReader(io.StringIO("".join(audit.fast_csv(events)))))
+    assert [row["seq"] for row in rows] == ["3", "2", "1"]
+    assert rows[1]["summary"] == "'-minus" and rows[1]["target_label"] == "'  @at"
+    assert rows[2]["summary"].startswith("'=1+1 café")
+    assert json.loads(rows[2]["changes"]) == {"b": [1, None]}
+    assert rows[0]["created_at"] == "2026-01-02T03:04:05+00:00" and rows[0]["actor_id"] == ""

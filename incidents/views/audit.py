@@ -22,7 +22,6 @@ from .. import access, audit, checkpoints, selectors
 from ..forms import AuditFilterForm
 from ..http import HtmxHttpRequest
 
-EXPORT_CHUNK_ROWS = 2000
 FILTER_NAMES = ("team", "actor", "action", "incident", "target_type", "target_id", "target", "since", "until")
 TEMPLATE = "incidents/audit_log.html"
 
@@ -129,14 +128,13 @@ def _export(request: HtmxHttpRequest, fmt: str) -> HttpResponse:
         messages.error(request, f"The export was not made: {exc}")
         return redirect("incidents:audit_log")
     events = selectors.filtered_events(request.user, form.cleaned_data).order_by("-seq")
-    # A server-side cursor: memory stays flat however many rows match.
-    rows = events.iterator(chunk_size=EXPORT_CHUNK_ROWS)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    # PostgreSQL renders the rows, read through a server-side cursor: memory stays flat however many rows match.
     if fmt == "csv":
-        response = StreamingHttpResponse(audit.iter_csv(rows), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(audit.fast_csv(events), content_type="text/csv; charset=utf-8")
     else:
         response = StreamingHttpResponse(
-            itertools.chain(preamble, audit.iter_jsonl(rows)), content_type="application/x-ndjson; charset=utf-8"
+            itertools.chain(preamble, audit.fast_jsonl(events)), content_type="application/x-ndjson; charset=utf-8"
         )
     response["Content-Disposition"] = f'attachment; filename="audit-log-{stamp}.{fmt}"'
     response["Cache-Control"] = "no-store"
