@@ -16,6 +16,7 @@ from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Upper
+from django.utils import timezone
 
 from . import audit_actions
 
@@ -634,3 +635,43 @@ class AuditCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint #{self.pk} at seq {self.seq}"
+
+
+# --- Audit exports built in the background (issue 13: a million rows outlive a web request) ------------------
+class AuditExportState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Being built"
+    DONE = "done", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class AuditExport(models.Model):
+    """An export too big to stream inside a request: a worker writes the file (``exports.build``), its requester
+    downloads it. The events are those the filters select for the requester, up to ``up_to_seq`` (the head signed
+    when it was asked for)."""
+
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    format = models.CharField(max_length=5)
+    filters = models.JSONField(default=dict, blank=True)
+    described = models.CharField(max_length=500, blank=True)
+    up_to_seq = models.BigIntegerField()
+    state = models.CharField(max_length=10, choices=AuditExportState.choices, default=AuditExportState.QUEUED)
+    rows = models.BigIntegerField(null=True, blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"audit export #{self.pk} ({self.format}, {self.state})"
+
+    @property
+    def file_name(self) -> str:
+        return f"audit-export-{self.pk}.{self.format}"
+
+    @property
+    def pending(self) -> bool:
+        return self.state in (AuditExportState.QUEUED, AuditExportState.RUNNING)

@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_shutdown
 from django.db import DatabaseError, InterfaceError
 
-from . import checkpoints, enqueue, isdown, notifications, publishing, sync
+from . import checkpoints, enqueue, exports, isdown, notifications, publishing, sync
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +109,15 @@ def checkpoint_audit_log(self: Task[[], int | None]) -> int | None:
     """Beat's signed checkpoint of the chain's head (skipped when the head has not moved since the last one)."""
     checkpoint = checkpoints.sign_head("interval", only_if_moved=True)
     return checkpoint.pk if checkpoint is not None else None
+
+
+@shared_task(
+    name="incidents.tasks.build_audit_export",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_ON_DATABASE_ERROR,
+)
+def build_audit_export(self: Task[[int], str], export_id: int) -> str:
+    """Write the file of an audit export too big to stream (exports.build)."""
+    return exports.build(export_id)

@@ -417,6 +417,10 @@ else:
 _DEV_SINK = str(BASE_DIR / "var" / "audit-checkpoints.jsonl")
 AUDIT_CHECKPOINT_SINK = env_str("AUDIT_CHECKPOINT_SINK", _DEV_SINK if DEBUG else "")
 AUDIT_CHECKPOINT_INTERVAL = env_float("AUDIT_CHECKPOINT_INTERVAL", 300.0, minimum=1.0)
+# Exports of more events than this are built into a file by a worker (a request would outlive gunicorn's timeout);
+# the file is written to AUDIT_EXPORT_DIR, which web and worker share.
+AUDIT_EXPORT_STREAM_MAX_ROWS = env_int("AUDIT_EXPORT_STREAM_MAX_ROWS", 200_000, minimum=0)
+AUDIT_EXPORT_DIR = env_str("AUDIT_EXPORT_DIR", str(BASE_DIR / "var" / "audit-exports"))
 
 # --- Celery -----------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL

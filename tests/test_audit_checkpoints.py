@@ -351,3 +351,55 @@ def test_the_fast_exports_carry_the_same_values_as_the_rows(platform):
     assert rows[2]["summary"].startswith("'=1+1 café")
     assert json.loads(rows[2]["changes"]) == {"b": [1, None]}
     assert rows[0]["created_at"] == "2026-01-02T03:04:05+00:00" and rows[0]["actor_id"] == ""
+
+
+# --- Exports too big to stream (issue 13, item 2): built in the background -------------------------------------
+@pytest.fixture
+def small_stream_limit(settings, tmp_path):
+    settings.AUDIT_EXPORT_STREAM_MAX_ROWS = 3
+    settings.AUDIT_EXPORT_DIR = str(tmp_path / "exports")
+
+
+@pytest.mark.django_db
+def test_an_export_too_big_to_stream_is_built_by_a_worker_and_downloaded_by_its_requester(
+    platform, auditor, approver, as_user, small_stream_limit, no_broker, django_capture_on_commit_callbacks, tmp_path
+):
+    from incidents import exports, tasks
+    from incidents.models import AuditExport
+
+    _record(platform, 6)
+    client = as_user(auditor)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.get("/audit/export.jsonl", {"action": "draft.saved"})
+    assert response.status_code == 302 and response["Location"].startswith("/audit/?")
+    export = AuditExport.objects.get()
+    assert (export.state, export.format, export.filters) == ("queued", "jsonl", {"action": "draft.saved"})
+    assert ("build_audit_export", export.pk) in no_broker.sent
+    page = client.get("/audit/").content.decode()
+    assert f"audit-export-{export.pk}" in page and 'hx-trigger="every 2s"' in page
+    assert client.get(f"/audit/exports/{export.pk}/download").status_code == 409
+
+    recorded_later = audit.record("draft.saved", team=platform, summary="after the request")
+    assert tasks.build_audit_export.apply(args=[export.pk]).get() == "done"
+    export.refresh_from_db()
+    assert export.rows == 6 and export.state == "done"
+    assert 'hx-trigger="every 2s"' not in client.get("/audit/exports/").content.decode()
+    download = client.get(f"/audit/exports/{export.pk}/download")
+    assert download.status_code == 200 and "attachment" in download["Content-Disposition"]
+    text = b"".join(download.streaming_content).decode()
+    seqs = [json.loads(line)["seq"] for line in text.splitlines() if "type" not in json.loads(line)]
+    assert len(seqs) == 6 and recorded_later.seq not in seqs  # the log as it was when asked for
+    result = _offline(tmp_path, text, "--public-key", checkpoints.public_key())
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Only its requester may have it.
+    assert as_user(approver).get(f"/audit/exports/{export.pk}/download").status_code == 404
+    assert exports.build(export.pk) == "gone or already taken"
+
+
+@pytest.mark.django_db
+def test_a_small_export_still_streams(platform, auditor, as_user, small_stream_limit):
+    from incidents.models import AuditExport
+
+    audit.record("draft.saved", team=platform, summary="one")
+    response = as_user(auditor).get("/audit/export.csv", {"action": "draft.saved"})
+    assert response.status_code == 200 and not AuditExport.objects.exists()

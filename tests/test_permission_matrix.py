@@ -29,7 +29,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from incidents import workflow
-from incidents.models import AuditEvent, DraftKind, Membership
+from incidents.models import AuditEvent, AuditExport, DraftKind, Membership
 from tests.factories import IncidentFactory
 from tests.publishing.factories import approved_publication
 
@@ -178,6 +178,9 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "incidents:audit_export_csv": same((200, 405), outsider=(403, 405), responder=(403, 405)),
     "incidents:audit_export_jsonl": same((200, 405), outsider=(403, 405), responder=(403, 405)),
     "incidents:audit_verify": same((405, REDIRECT), outsider=(405, 403), responder=(405, 403)),
+    "incidents:audit_exports": same((200, 405), outsider=(403, 405), responder=(403, 405)),
+    # A background export's file, to its requester only (the world's is the auditor's, still queued: 409).
+    "incidents:audit_export_download": same((404, 405), outsider=(403, 405), responder=(403, 405), auditor=(409, 405)),
     "incidents:publication_status": team_object(responder=(200, 405), approver=(200, 405), auditor=(200, 405)),
     "incidents:publication_retry": PUBLICATION_ACTION,
     # Whoever drafts may edit and resubmit what IsDown refused (a queued one is refused: back to its page).
@@ -264,6 +267,7 @@ def world(responder, approver, auditor, outsider, staff, api_service, pipeline_s
         "incident": incident,
         "publication": publication,
         "attempt": attempt,
+        "audit_export": AuditExport.objects.create(requested_by=auditor, format="csv", up_to_seq=0),
     }
 
 
@@ -288,6 +292,7 @@ def kwargs_for(route: Route, world: dict[str, Any]) -> dict[str, str]:
         "incidents:update_new": {"pk": world["incident"].pk},
         "incidents:draft_detail": {"pk": world["draft"].pk},
         "incidents:draft_review": {"pk": world["draft"].pk},
+        "incidents:audit_export_download": {"pk": world["audit_export"].pk},
         "sandbox:status": {"service_id": world["service"].isdown_service_id},
         "sandbox:api_incident": {"incident_id": "1"},
         "sandbox:api_unknown": {"rest": "v2/unknown"},
