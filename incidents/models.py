@@ -675,3 +675,33 @@ class AuditExport(models.Model):
     @property
     def pending(self) -> bool:
         return self.state in (AuditExportState.QUEUED, AuditExportState.RUNNING)
+
+
+# --- Audit chain verification as a background job (issue 13: a million events outlive a web request) ----------
+class AuditVerification(models.Model):
+    """One run of the chain's verification by a worker (``verifications.run``): its progress while it runs, its
+    verdict after (also recorded as an ``audit.verified`` event)."""
+
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=10, choices=AuditExportState.choices, default=AuditExportState.QUEUED)
+    total = models.BigIntegerField(default=0)
+    checked = models.BigIntegerField(default=0)
+    ok = models.BooleanField(null=True, blank=True)
+    broken_seq = models.BigIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"audit verification #{self.pk} ({self.state})"
+
+    @property
+    def pending(self) -> bool:
+        return self.state in (AuditExportState.QUEUED, AuditExportState.RUNNING)
+
+    @property
+    def percent(self) -> int:
+        return min(100, self.checked * 100 // self.total) if self.total else 0

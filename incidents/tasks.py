@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_shutdown
 from django.db import DatabaseError, InterfaceError
 
-from . import checkpoints, enqueue, exports, isdown, notifications, publishing, sync
+from . import checkpoints, enqueue, exports, isdown, notifications, publishing, sync, verifications
 
 logger = logging.getLogger(__name__)
 
@@ -121,3 +121,15 @@ def checkpoint_audit_log(self: Task[[], int | None]) -> int | None:
 def build_audit_export(self: Task[[int], str], export_id: int) -> str:
     """Write the file of an audit export too big to stream (exports.build)."""
     return exports.build(export_id)
+
+
+@shared_task(
+    name="incidents.tasks.verify_audit_log",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_ON_DATABASE_ERROR,
+)
+def verify_audit_log(self: Task[[int], str], verification_id: int) -> str:
+    """Verify the audit chain against every checkpoint, with progress (verifications.run)."""
+    return verifications.run(verification_id)

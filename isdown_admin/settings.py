@@ -420,6 +420,8 @@ AUDIT_CHECKPOINT_INTERVAL = env_float("AUDIT_CHECKPOINT_INTERVAL", 300.0, minimu
 # Exports of more events than this are built into a file by a worker (a request would outlive gunicorn's timeout);
 # the file is written to AUDIT_EXPORT_DIR, which web and worker share.
 AUDIT_EXPORT_STREAM_MAX_ROWS = env_int("AUDIT_EXPORT_STREAM_MAX_ROWS", 200_000, minimum=0)
+# Logs longer than this are verified by a worker, with progress on the page, instead of inside the request.
+AUDIT_VERIFY_INLINE_MAX_EVENTS = env_int("AUDIT_VERIFY_INLINE_MAX_EVENTS", 100_000, minimum=0)
 AUDIT_EXPORT_DIR = env_str("AUDIT_EXPORT_DIR", str(BASE_DIR / "var" / "audit-exports"))
 
 # --- Celery -----------------------------------------------------------------------------------------------

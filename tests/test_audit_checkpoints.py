@@ -403,3 +403,48 @@ def test_a_small_export_still_streams(platform, auditor, as_user, small_stream_l
     audit.record("draft.saved", team=platform, summary="one")
     response = as_user(auditor).get("/audit/export.csv", {"action": "draft.saved"})
     assert response.status_code == 200 and not AuditExport.objects.exists()
+
+
+# --- Verification as a background job (issue 13, item 3) --------------------------------------------------------
+@pytest.mark.django_db
+def test_a_long_log_is_verified_by_a_worker_with_progress_and_an_audited_verdict(
+    platform, auditor, approver, as_user, settings, no_broker, django_capture_on_commit_callbacks, monkeypatch
+):
+    from incidents import tasks
+    from incidents.models import AuditVerification
+
+    settings.AUDIT_VERIFY_INLINE_MAX_EVENTS = 3
+    monkeypatch.setattr(audit, "PROGRESS_EVERY", 2)
+    client = as_user(auditor)
+    _record(platform, 6)
+    checkpoints.sign_head("interval")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/audit/verify/", headers={"HX-Request": "true"})
+    verification = AuditVerification.objects.get()
+    assert ("verify_audit_log", verification.pk) in no_broker.sent
+    html = response.content.decode()
+    assert f"/audit/verify/{verification.pk}/" in html and 'hx-trigger="every 1s"' in html
+    assert not AuditEvent.objects.filter(action="audit.verified").exists()
+
+    assert tasks.verify_audit_log.apply(args=[verification.pk]).get() == "ok"
+    verification.refresh_from_db()
+    assert verification.state == "done" and verification.ok and verification.checked == verification.total
+    assert "1 checkpoint(s) match" in verification.message
+    page = client.get(f"/audit/verify/{verification.pk}/").content.decode()
+    assert "every 1s" not in page and verification.message in page
+    assert AuditEvent.objects.get(action="audit.verified").summary.startswith("Verified the audit chain: OK")
+    assert as_user(approver).get(f"/audit/verify/{verification.pk}/").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_background_verification_names_the_checkpoint_a_rehash_contradicts(signed_log, auditor, settings):
+    from incidents import verifications
+
+    first, _ = signed_log
+    tamper_as_owner("UPDATE incidents_auditevent SET action = 'draft.created' WHERE seq = %s", [3])
+    _rehash_everything()
+    settings.AUDIT_VERIFY_INLINE_MAX_EVENTS = 1
+    verification = verifications.request(auditor)
+    assert verifications.run(verification.pk) == "broken"
+    verification.refresh_from_db()
+    assert verification.ok is False and f"checkpoint #{first.pk}" in verification.message

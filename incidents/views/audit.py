@@ -20,10 +20,10 @@ from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import access, audit, checkpoints, exports, selectors
+from .. import access, audit, checkpoints, exports, selectors, verifications
 from ..forms import AuditFilterForm
 from ..http import HtmxHttpRequest
-from ..models import AuditExport, AuditExportState
+from ..models import AuditExport, AuditExportState, AuditVerification
 
 FILTER_NAMES = ("team", "actor", "action", "incident", "target_type", "target_id", "target", "since", "until")
 TEMPLATE = "incidents/audit_log.html"
@@ -83,6 +83,7 @@ def _render_page(request: HtmxHttpRequest, form: AuditFilterForm, *, status: int
     if not partial:
         context["signing"] = _signing_context()
         context.update(_exports_context(request.user))
+        context["verification"] = verifications.latest(request.user)
     response = render(request, f"{TEMPLATE}#htmx_results" if partial else TEMPLATE, context, status=status)
     patch_vary_headers(response, ["HX-Request"])
     return response
@@ -181,21 +182,17 @@ def audit_export_jsonl(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_POST
 def audit_verify(request: HtmxHttpRequest) -> HttpResponse:
-    """Recompute the whole chain against every signed checkpoint, record that we did and what we found, show it."""
+    """Verify the chain against every signed checkpoint: here for a small log, by a worker (progress shown, polled)
+    for a big one. Either way the verdict is recorded as an audit event."""
     _require_audit_reader(request.user)
-    try:
-        result = checkpoints.verify()
-    except checkpoints.CheckpointError as exc:
-        result = audit.VerifyResult(False, 0, audit.GENESIS_HASH, None, str(exc))
-    for team in selectors.audit_scope_teams(request.user, ""):
-        audit.record(
-            "audit.verified",
-            actor=request.user,
-            team=team,
-            target_type="audit_log",
-            target_label="Audit log",
-            summary=f"Verified the audit chain: {result.message()}"[:500],
-        )
+    if verifications.too_long_to_verify_inline():
+        verification = verifications.request(request.user)
+        if request.htmx:
+            return render(request, f"{TEMPLATE}#verify_result", {"verification": verification})
+        messages.info(request, f"Verification #{verification.pk} started: its progress is shown below.")
+        return redirect("incidents:audit_log")
+    result = verifications.verify_now()
+    verifications.record_verdict(request.user, result)
     if request.htmx:
         return render(request, f"{TEMPLATE}#verify_result", {"verify": result})
     if result.ok:
@@ -203,6 +200,16 @@ def audit_verify(request: HtmxHttpRequest) -> HttpResponse:
     else:
         messages.error(request, f"Chain verification failed. {result.message()}")
     return redirect("incidents:audit_log")
+
+
+@require_GET
+def audit_verification(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """A background verification's progress, then its verdict (the page polls this while it runs)."""
+    _require_audit_reader(request.user)
+    verification = AuditVerification.objects.filter(pk=pk, requested_by=request.user).first()
+    if verification is None:
+        raise Http404("No such verification of yours.")
+    return render(request, f"{TEMPLATE}#verify_result", {"verification": verification})
 
 
 @require_GET
