@@ -129,22 +129,25 @@ def main() -> None:
     from incidents import checkpoints, verifications
     from incidents.models import AuditEvent, AuditVerification
 
-    if AuditEvent.objects.count() != args.rows:
+    # Reused when filled before (each run adds a checkpoint and the job's audit.verified event).
+    if not args.rows <= AuditEvent.objects.count() <= args.rows + 1000:
         fill(args.rows)
     checkpoints.sign_head("bench")
     elapsed, result = timed(checkpoints.verify)
-    assert result.ok and result.count == args.rows, result.message()
+    assert result.ok and result.count >= args.rows, result.message()
+    print(f"verify: {elapsed:.1f} s for {result.count:,} events", flush=True)
     user, _ = get_user_model().objects.get_or_create(username="verify-bench")
     verification = AuditVerification.objects.create(requested_by=user, total=args.rows)
     job_elapsed, verdict = timed(lambda: verifications.run(verification.pk))
     assert verdict == "ok", AuditVerification.objects.get(pk=verification.pk).message
+    print(f"background job: {job_elapsed:.1f} s", flush=True)
     line = (
         f"P3 verify {args.rows:,} events: {elapsed:.1f} s ({args.rows / elapsed:,.0f} events/s); background job "
         f"{job_elapsed:.1f} s (goal ≤ 10 s"
     )
     if not args.no_baseline:
         base_elapsed, count = timed(baseline_orm_loop)
-        assert count == args.rows
+        assert count >= args.rows
         line += f"; baseline v1 ORM loop {base_elapsed:.1f} s; ratio {base_elapsed / elapsed:.1f}x"
     print(line + ")")
 
