@@ -186,6 +186,102 @@ assert HASHED_FIELDS[_CHANGES + 1] == "context"
 PROGRESS_EVERY = 50_000
 
 
+@dataclass(frozen=True)
+class SegmentResult:
+    """One run of seqs checked alone (``verify_segment``): links inside it, each row's hash, its anchors. Segments
+    are independent (each row stores its ``prev_hash``): ``combine`` checks the links between them."""
+
+    first: int
+    count: int
+    first_prev: str  # the prev_hash of the segment's first row ("" when it has none)
+    last_hash: str
+    checked: int
+    broken_seq: int | None = None
+    reason: str = ""
+
+
+def verify_segment(
+    first: int,
+    last: int | None,
+    anchors: Sequence[Anchor] = (),
+    *,
+    expect_prev: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = 5000,
+) -> SegmentResult:
+    """Check seqs ``first``..``last`` (to the end when None): numbering, links inside the run (and the first row's
+    link when ``expect_prev`` is given), each row's hash, each anchor in it.
+
+    Rows are read as tuples through a psycopg server-side cursor (no model instances, no ORM converters; memory
+    flat at any size), created_at rendered by PostgreSQL as Python's UTC isoformat() (the export's rule) and the
+    JSON columns parsed here: hashed exactly as ``compute_hash`` does."""
+    by_seq: dict[int, list[Anchor]] = {}
+    for anchor in anchors:
+        by_seq.setdefault(anchor.seq, []).append(anchor)
+    prev_hash, expected_seq, count, checked, first_prev = expect_prev, first, 0, 0, ""
+    sha256, dumps, loads = hashlib.sha256, canonical_json, json.loads
+
+    def broken(seq: int, reason: str) -> SegmentResult:
+        return SegmentResult(first, count, first_prev, prev_hash or "", checked, seq, reason)
+
+    with transaction.atomic():
+        connection.ensure_connection()
+        with connection.connection.cursor(name="audit_verify") as cursor:
+            cursor.itersize = batch_size
+            cursor.execute(_VERIFY_SQL, [first, last if last is not None else 2**63 - 1])
+            for row in cursor:
+                seq, row_prev, row_hash = row[0], row[-2], row[-1]
+                if seq != expected_seq:
+                    return broken(expected_seq, f"seq {expected_seq} is missing")
+                if count == 0:
+                    first_prev = row_prev
+                if prev_hash is not None and row_prev != prev_hash:
+                    return broken(seq, "prev_hash does not match the event before")
+                payload = dict(zip(HASHED_FIELDS, row, strict=False))
+                payload["changes"], payload["context"] = loads(row[_CHANGES]), loads(row[_CHANGES + 1])
+                if sha256((row_prev + dumps(payload)).encode()).hexdigest() != row_hash:
+                    return broken(seq, "the row's content does not match its hash")
+                for anchor in by_seq.get(seq, ()):
+                    if anchor.hash != row_hash:
+                        return broken(
+                            seq,
+                            f"{anchor.name} signed hash {anchor.hash} for this seq; the chain now has {row_hash}: "
+                            "the chain was rewritten after it was signed",
+                        )
+                    checked += 1
+                prev_hash, expected_seq, count = row_hash, expected_seq + 1, count + 1
+                if progress is not None and count % PROGRESS_EVERY == 0:
+                    progress(count)
+    if last is not None and expected_seq <= last:
+        return broken(expected_seq, f"seq {expected_seq} is missing")
+    return SegmentResult(first, count, first_prev, prev_hash or "", checked)
+
+
+def combine(segments: Sequence[SegmentResult], anchors: Sequence[Anchor] = ()) -> VerifyResult:
+    """One verdict from consecutive segments (the first starting at seq 1): the first problem in seq order, a link
+    between two segments included; then any anchor past the chain's end (events were removed)."""
+    head, count, checked = GENESIS_HASH, 0, 0
+    for segment in segments:
+        if segment.count and segment.first_prev != head and segment.broken_seq != segment.first:
+            return VerifyResult(False, count, head, segment.first, "prev_hash does not match the event before")
+        if segment.broken_seq is not None:
+            return VerifyResult(
+                False, count + segment.count, segment.last_hash or head, segment.broken_seq, segment.reason
+            )
+        head, count, checked = segment.last_hash or head, count + segment.count, checked + segment.checked
+    beyond = sorted((anchor for anchor in anchors if anchor.seq > count), key=lambda anchor: anchor.seq)
+    if beyond:
+        anchor = beyond[0]
+        return VerifyResult(
+            False,
+            count,
+            head,
+            anchor.seq,
+            f"{anchor.name} signed seq {anchor.seq}, but the chain ends at seq {count}: events were removed",
+        )
+    return VerifyResult(True, count, head, anchors_checked=checked)
+
+
 def verify_chain(
     batch_size: int = 5000,
     anchors: Sequence[Anchor] = (),
@@ -194,58 +290,10 @@ def verify_chain(
     """Recompute every hash in seq order; name the first seq whose link, hash or numbering is wrong, or whose hash
     contradicts an anchor (a signed checkpoint: a chain re-hashed after doctoring is consistent with itself, not
     with what was signed before). An anchor past the end of the chain means events were removed. ``progress`` is
-    called with the count checked every ``PROGRESS_EVERY`` events.
-
-    Rows are read as tuples through psycopg (no model instances, no ORM converters), created_at rendered by
-    PostgreSQL as Python's UTC isoformat() (the export's rule) and the JSON columns parsed here: hashed exactly as
-    ``compute_hash`` does, in about a third of the time the ORM loop took."""
-    by_seq: dict[int, list[Anchor]] = {}
-    for anchor in anchors:
-        by_seq.setdefault(anchor.seq, []).append(anchor)
-    prev_hash, expected_seq, count, checked = GENESIS_HASH, 1, 0, 0
-    sha256, dumps, loads = hashlib.sha256, canonical_json, json.loads
-    # A server-side cursor keeps memory flat at any table size; PostgreSQL renders created_at as the hash has it.
-    with transaction.atomic():
-        connection.ensure_connection()
-        with connection.connection.cursor(name="audit_verify") as cursor:
-            cursor.itersize = batch_size
-            cursor.execute(_VERIFY_SQL)
-            for row in cursor:
-                seq, row_prev, row_hash = row[0], row[-2], row[-1]
-                if seq != expected_seq:
-                    return VerifyResult(False, count, prev_hash, expected_seq, f"seq {expected_seq} is missing")
-                if row_prev != prev_hash:
-                    return VerifyResult(False, count, prev_hash, seq, "prev_hash does not match the event before")
-                payload = dict(zip(HASHED_FIELDS, row, strict=False))
-                payload["changes"], payload["context"] = loads(row[_CHANGES]), loads(row[_CHANGES + 1])
-                if sha256((prev_hash + dumps(payload)).encode()).hexdigest() != row_hash:
-                    return VerifyResult(False, count, prev_hash, seq, "the row's content does not match its hash")
-                if seq in by_seq:
-                    for anchor in by_seq[seq]:
-                        if anchor.hash != row_hash:
-                            return VerifyResult(
-                                False,
-                                count,
-                                prev_hash,
-                                seq,
-                                f"{anchor.name} signed hash {anchor.hash} for this seq; the chain now has {row_hash}: "
-                                "the chain was rewritten after it was signed",
-                            )
-                        checked += 1
-                prev_hash, expected_seq, count = row_hash, expected_seq + 1, count + 1
-                if progress is not None and count % PROGRESS_EVERY == 0:
-                    progress(count)
-    beyond = sorted((anchor for anchor in anchors if anchor.seq >= expected_seq), key=lambda anchor: anchor.seq)
-    if beyond:
-        anchor = beyond[0]
-        return VerifyResult(
-            False,
-            count,
-            prev_hash,
-            anchor.seq,
-            f"{anchor.name} signed seq {anchor.seq}, but the chain ends at seq {expected_seq - 1}: events were removed",
-        )
-    return VerifyResult(True, count, prev_hash, anchors_checked=checked)
+    called with the count checked every ``PROGRESS_EVERY`` events. One process; ``verifications`` runs segments
+    in parallel processes for the background job."""
+    segment = verify_segment(1, None, anchors, expect_prev=GENESIS_HASH, progress=progress, batch_size=batch_size)
+    return combine([segment], anchors)
 
 
 # --- Export -------------------------------------------------------------------------------------------------
@@ -406,5 +454,5 @@ _VERIFY_SQL = (
         _CREATED_AT_SQL if name == "created_at" else f"{_T}.{name}::text" if name in _JSON_COLUMNS else f"{_T}.{name}"
         for name in _VERIFY_COLUMNS
     )
-    + f" FROM {_T} ORDER BY {_T}.seq"
+    + f" FROM {_T} WHERE {_T}.seq BETWEEN %s AND %s ORDER BY {_T}.seq"
 )

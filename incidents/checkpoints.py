@@ -18,7 +18,7 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -181,7 +181,12 @@ def _problem(record: dict[str, Any], own_key: str, where: str = "") -> str:
     return ""
 
 
-def verify(batch_size: int = 5000, progress: Callable[[int], None] | None = None) -> audit.VerifyResult:
+Walk = Callable[[Sequence[audit.Anchor], Callable[[int], None] | None], audit.VerifyResult]
+
+
+def verify(
+    batch_size: int = 5000, progress: Callable[[int], None] | None = None, walk: Walk | None = None
+) -> audit.VerifyResult:
     """The chain, checked against every checkpoint in the table and in the sink (see the module's docstring)."""
     own_key = public_key()
     stored = [as_record(checkpoint) for checkpoint in AuditCheckpoint.objects.order_by("seq", "id")]
@@ -202,6 +207,8 @@ def verify(batch_size: int = 5000, progress: Callable[[int], None] | None = None
         seq, problem = min(problems)
         return audit.VerifyResult(False, 0, audit.GENESIS_HASH, seq, problem)
     anchors = [audit.Anchor(int(r["seq"]), str(r["hash"]), _name(r)) for r in stored]
+    if walk is not None:  # the background job's parallel segments (verifications.verify_in_parallel)
+        return walk(anchors, progress)
     return audit.verify_chain(batch_size, anchors=anchors, progress=progress)
 
 

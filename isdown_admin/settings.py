@@ -422,6 +422,8 @@ AUDIT_CHECKPOINT_INTERVAL = env_float("AUDIT_CHECKPOINT_INTERVAL", 300.0, minimu
 AUDIT_EXPORT_STREAM_MAX_ROWS = env_int("AUDIT_EXPORT_STREAM_MAX_ROWS", 200_000, minimum=0)
 # Logs longer than this are verified by a worker, with progress on the page, instead of inside the request.
 AUDIT_VERIFY_INLINE_MAX_EVENTS = env_int("AUDIT_VERIFY_INLINE_MAX_EVENTS", 100_000, minimum=0)
+# The background verification checks segments of the chain in this many processes (one core each).
+AUDIT_VERIFY_PROCESSES = env_int("AUDIT_VERIFY_PROCESSES", os.cpu_count() or 1, minimum=1)
 AUDIT_EXPORT_DIR = env_str("AUDIT_EXPORT_DIR", str(BASE_DIR / "var" / "audit-exports"))
 
 # --- Celery -----------------------------------------------------------------------------------------------

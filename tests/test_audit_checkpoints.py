@@ -414,6 +414,7 @@ def test_a_long_log_is_verified_by_a_worker_with_progress_and_an_audited_verdict
     from incidents.models import AuditVerification
 
     settings.AUDIT_VERIFY_INLINE_MAX_EVENTS = 3
+    settings.AUDIT_VERIFY_PROCESSES = 1  # one walk here: processes of its own would not see this test's rows
     monkeypatch.setattr(audit, "PROGRESS_EVERY", 2)
     client = as_user(auditor)
     _record(platform, 6)
@@ -448,3 +449,32 @@ def test_a_background_verification_names_the_checkpoint_a_rehash_contradicts(sig
     assert verifications.run(verification.pk) == "broken"
     verification.refresh_from_db()
     assert verification.ok is False and f"checkpoint #{first.pk}" in verification.message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_segments_checked_in_parallel_processes_agree_with_one_walk(signed_log):
+    from incidents import verifications
+
+    first, _ = signed_log
+    head = AuditEvent.objects.order_by("-seq").first().seq
+
+    def parallel(anchors, progress):
+        return verifications.verify_in_parallel(head, anchors, processes=3, progress=progress)
+
+    clean = checkpoints.verify(walk=parallel)
+    assert clean.ok and clean.count == head and clean.anchors_checked == 2, clean.message()
+    assert clean.message() == checkpoints.verify().message()
+    # A link between two segments, cut: seq 5 now links to seq 3 (and its own hash is recomputed over it).
+    forged = AuditEvent.objects.get(seq=5)
+    forged.prev_hash = AuditEvent.objects.get(seq=3).hash
+    tamper_as_owner(
+        "UPDATE incidents_auditevent SET prev_hash = %s, hash = %s WHERE seq = 5",
+        [forged.prev_hash, audit.compute_hash(forged.prev_hash, forged)],
+    )
+    assert checkpoints.verify(walk=parallel).message() == checkpoints.verify().message()
+    assert "BROKEN at seq 5" in checkpoints.verify(walk=parallel).message()
+    # Rewritten and re-hashed: the checkpoint names it, in whichever segment it falls.
+    tamper_as_owner("UPDATE incidents_auditevent SET action = 'draft.created' WHERE seq = %s", [3])
+    _rehash_everything()
+    result = checkpoints.verify(walk=parallel)
+    assert not result.ok and f"checkpoint #{first.pk}" in result.reason
