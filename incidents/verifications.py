@@ -89,9 +89,15 @@ def run(verification_id: int) -> str:
     processes = settings.AUDIT_VERIFY_PROCESSES
     walk = None
     if processes > 1 and verification.total >= processes * audit.PROGRESS_EVERY:
-        total = verification.total
 
         def walk(anchors: Sequence[audit.Anchor], progress: Callable[[int], None] | None) -> audit.VerifyResult:
+            # The head now, read after the checkpoints were: every checkpoint names a seq at or below it unless
+            # events were removed.
+            total = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
+            with side.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE incidents_auditverification SET total = %s WHERE id = %s", [total, verification_id]
+                )
             return verify_in_parallel(total, anchors, processes=processes, progress=progress)
 
     try:
