@@ -478,3 +478,23 @@ def test_segments_checked_in_parallel_processes_agree_with_one_walk(signed_log):
     _rehash_everything()
     result = checkpoints.verify(walk=parallel)
     assert not result.ok and f"checkpoint #{first.pk}" in result.reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_background_verification_in_parallel_counts_what_was_appended_after_the_request(
+    signed_log, auditor, platform, settings, monkeypatch
+):
+    from incidents import verifications
+    from incidents.models import AuditVerification
+
+    settings.AUDIT_VERIFY_INLINE_MAX_EVENTS = 1
+    settings.AUDIT_VERIFY_PROCESSES = 2
+    monkeypatch.setattr(audit, "PROGRESS_EVERY", 2)
+    verification = verifications.request(auditor)
+    _record(platform, 3)
+    checkpoints.sign_head("interval")  # signed after the request, past the head it saw
+    head = AuditEvent.objects.order_by("-seq").first().seq
+    assert verifications.run(verification.pk) == "ok", AuditVerification.objects.get().message
+    verification.refresh_from_db()
+    assert verification.total == verification.checked == head
+    assert "3 checkpoint(s) match" in verification.message
