@@ -4,6 +4,11 @@ may record is in ``audit_actions.py``.
 Every event is chained: ``hash = sha256(prev_hash + canonical JSON of the row)``. Appends serialize on a
 transaction-scoped Postgres advisory lock, so ``seq`` is gap-free and the chain has no forks; if the
 caller's transaction rolls back, the event goes with it (and so does the action it records).
+
+Verification walks segments of seqs (``verify_segment``: rows as tuples, ``created_at`` rendered by PostgreSQL)
+and ``combine`` checks the links between them, so segments can be checked in parallel processes
+(``verifications.py``); anchors (signed checkpoints, ``checkpoints.py``) catch a chain re-hashed consistently by
+someone with database access. Exports are rendered by PostgreSQL and copied out (``fast_jsonl``, ``fast_csv``).
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def main() -> None:
     from incidents import audit
     from incidents.models import AuditEvent
 
-    if AuditEvent.objects.count() != args.rows:
+    # Reused when filled before (the verify bench adds a checkpoint's worth of events each run).
+    if not args.rows <= AuditEvent.objects.count() <= args.rows + 1000:
         fill(args.rows)
         # Measure in a fresh process: the fill's memory would count in the peak.
         os.environ["BENCH_EXPORT_MEASURE"] = "1"
