@@ -414,7 +414,8 @@ else:
     )
 # Every checkpoint is also appended here (JSON Lines), outside the database. Empty: the database only (check
 # --deploy warns).
-_DEV_SINK = str(BASE_DIR / "var" / "audit-checkpoints.jsonl")
+# One development sink per database (make test, make chaos and make run each have their own).
+_DEV_SINK = str(BASE_DIR / "var" / f"audit-checkpoints-{DATABASES['default']['NAME']}.jsonl")
 AUDIT_CHECKPOINT_SINK = env_str("AUDIT_CHECKPOINT_SINK", _DEV_SINK if DEBUG else "")
 AUDIT_CHECKPOINT_INTERVAL = env_float("AUDIT_CHECKPOINT_INTERVAL", 300.0, minimum=1.0)
 # Exports of more events than this are built into a file by a worker (a request would outlive gunicorn's timeout);

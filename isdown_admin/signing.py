@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -71,12 +72,19 @@ def new_private_pem() -> str:
 
 
 def write_new_key_file(path: str | Path) -> None:
-    """Write a fresh key, readable by its owner only; never over an existing file."""
+    """Write a fresh key, readable by its owner only; never over an existing file (FileExistsError). The file
+    appears whole or not at all (written aside, then linked), so a process starting at the same moment never
+    reads half a key."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("x", encoding="utf-8") as handle:
-        path.chmod(0o600)
-        handle.write(new_private_pem())
+    aside = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        with aside.open("x", encoding="utf-8") as handle:
+            aside.chmod(0o600)
+            handle.write(new_private_pem())
+        os.link(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def public_raw(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
