@@ -12,7 +12,7 @@ RUN pip install -r requirements.txt
 COPY . .
 # Values for this build step only, so that the production settings load: none of them stays in the image.
 RUN SECRET_KEY="build-only-$(python -c 'import secrets; print(secrets.token_urlsafe(48))')" \
-    ALLOWED_HOSTS=build.invalid ISDOWN_API_KEY=build-only \
+    ALLOWED_HOSTS=build.invalid ISDOWN_API_KEY=build-only AUDIT_SIGNING_KEY="$(python -m isdown_admin.signing new-key)" \
     python manage.py collectstatic --noinput
 
 # Beat's schedule file (--schedule=var/celerybeat-schedule): the one directory the app user may write.

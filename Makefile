@@ -54,8 +54,12 @@ migrate: preflight
 seed: migrate
 	$(PY) manage.py seed_demo
 
+# The development key that signs audit checkpoints (var/ is gitignored; production brings its own, see README).
+var/audit-signing-key.pem: | $(VENV)/.installed
+	$(PY) -m isdown_admin.signing new-key $@
+
 ## make run: web, worker and beat in the foreground on http://127.0.0.1:8000, with demo data.
-run: seed
+run: seed var/audit-signing-key.pem
 	@mkdir -p var
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile
 
@@ -115,6 +119,7 @@ lint: install-dev
 check-deploy: migrate
 	set -a && . deploy/production.env.example && set +a && \
 	  SECRET_KEY=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(64))') DATABASE_URL="$(DATABASE_URL)" \
+	  AUDIT_SIGNING_KEY=$$($(PY) -m isdown_admin.signing new-key) \
 	  $(PY) manage.py check --deploy --database default --fail-level WARNING
 
 ## make compose-check: both compose files are valid (the production one against the documented environment).

@@ -58,6 +58,16 @@ def production_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="isdown.W004",
             )
         )
+    if not settings.AUDIT_CHECKPOINT_SINK:
+        problems.append(
+            Warning(
+                "AUDIT_CHECKPOINT_SINK is unset: signed audit checkpoints are kept only in the database, whose owner "
+                "can delete them.",
+                hint="Set AUDIT_CHECKPOINT_SINK to a file outside the database (shipped to storage the owner cannot "
+                "rewrite).",
+                id="isdown.W005",
+            )
+        )
     return problems
 
 

@@ -15,6 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 AUDIT_TABLE = "incidents_auditevent"
+CHECKPOINT_TABLE = "incidents_auditcheckpoint"
+# History only grows: on these the app may read and append, nothing else (the checkpoint table exists from
+# migration 0010 on; before it, only the audit table is limited).
+INSERT_ONLY_TABLES = (AUDIT_TABLE, CHECKPOINT_TABLE)
 
 
 def _quote(name: str) -> str:
@@ -40,11 +44,14 @@ def grant_app_role(cursor: Any, role: str) -> bool:
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {app}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {app}",
-        # History only grows: the app may read and append, nothing else.
-        f"REVOKE ALL ON {AUDIT_TABLE} FROM {app}",
-        f"GRANT SELECT, INSERT ON {AUDIT_TABLE} TO {app}",
     ):
         cursor.execute(statement)
+    for table in INSERT_ONLY_TABLES:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [table])
+        if cursor.fetchone()[0]:
+            # History only grows: the app may read and append, nothing else.
+            cursor.execute(f"REVOKE ALL ON {table} FROM {app}")
+            cursor.execute(f"GRANT SELECT, INSERT ON {table} TO {app}")
     return True
 
 
@@ -70,8 +77,12 @@ def role_problems(cursor: Any) -> list[str]:
     row = cursor.fetchone()
     if row and row[0]:
         problems.append(f"the app's role {name} owns the audit table: it could alter or truncate it")
-    for privilege in ("UPDATE", "DELETE", "TRUNCATE"):
-        cursor.execute("SELECT has_table_privilege(current_user, %s, %s)", [AUDIT_TABLE, privilege])
-        if cursor.fetchone()[0] and not superuser:
-            problems.append(f"the app's role {name} has the {privilege} privilege on the audit table")
+    for table in INSERT_ONLY_TABLES:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [table])
+        if not cursor.fetchone()[0]:
+            continue
+        for privilege in ("UPDATE", "DELETE", "TRUNCATE"):
+            cursor.execute("SELECT has_table_privilege(current_user, %s, %s)", [table, privilege])
+            if cursor.fetchone()[0] and not superuser:
+                problems.append(f"the app's role {name} has the {privilege} privilege on {table}")
     return problems

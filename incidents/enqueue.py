@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 PUBLISH_TASK = "incidents.tasks.publish"
 DELIVER_TASK = "incidents.tasks.deliver_notification"
+AUDIT_EXPORT_TASK = "incidents.tasks.build_audit_export"
+AUDIT_VERIFY_TASK = "incidents.tasks.verify_audit_log"
 # A broker that is down must not hold a web request for long: one quick retry, then the sweeper's turn.
 RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
@@ -59,3 +61,19 @@ def notification(notification_id: int) -> bool:
 
 def notification_on_commit(notification_id: int) -> None:
     transaction.on_commit(lambda: notification(notification_id))
+
+
+def audit_export(export_id: int) -> bool:
+    return _send(AUDIT_EXPORT_TASK, export_id, queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def audit_export_on_commit(export_id: int) -> None:
+    transaction.on_commit(lambda: audit_export(export_id))
+
+
+def audit_verification(verification_id: int) -> bool:
+    return _send(AUDIT_VERIFY_TASK, verification_id, queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def audit_verification_on_commit(verification_id: int) -> None:
+    transaction.on_commit(lambda: audit_verification(verification_id))

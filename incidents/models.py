@@ -911,3 +911,95 @@ class AlertRateWindow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.count} {self.bucket} alert request(s) of team {self.team_id} since {self.window_start}"
+
+
+# --- Audit checkpoints (issue 13: signed heads of the chain) -----------------------------------------------
+class AuditCheckpoint(models.Model):
+    """The chain's head ``(seq, hash)`` at ``signed_at``, signed with the Ed25519 key kept outside the database.
+    Written only by ``checkpoints.sign_head``; insert-only like the audit table (triggers and grants, migration
+    0010), and also appended to the sink file (``AUDIT_CHECKPOINT_SINK``). ``signature`` is over
+    ``isdown_admin.signing.checkpoint_message``."""
+
+    seq = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+    signed_at = models.DateTimeField()
+    reason = models.CharField(max_length=20)
+    public_key = models.CharField(max_length=64)
+    signature = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["seq"], name="audit_checkpoint_seq")]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.pk} at seq {self.seq}"
+
+
+# --- Audit exports built in the background (issue 13: a million rows outlive a web request) ------------------
+class AuditExportState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Being built"
+    DONE = "done", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class AuditExport(models.Model):
+    """An export too big to stream inside a request: a worker writes the file (``exports.build``), its requester
+    downloads it. The events are those the filters select for the requester, up to ``up_to_seq`` (the head signed
+    when it was asked for)."""
+
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    format = models.CharField(max_length=5)
+    filters = models.JSONField(default=dict, blank=True)
+    described = models.CharField(max_length=500, blank=True)
+    up_to_seq = models.BigIntegerField()
+    state = models.CharField(max_length=10, choices=AuditExportState.choices, default=AuditExportState.QUEUED)
+    rows = models.BigIntegerField(null=True, blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"audit export #{self.pk} ({self.format}, {self.state})"
+
+    @property
+    def file_name(self) -> str:
+        return f"audit-export-{self.pk}.{self.format}"
+
+    @property
+    def pending(self) -> bool:
+        return self.state in (AuditExportState.QUEUED, AuditExportState.RUNNING)
+
+
+# --- Audit chain verification as a background job (issue 13: a million events outlive a web request) ----------
+class AuditVerification(models.Model):
+    """One run of the chain's verification by a worker (``verifications.run``): its progress while it runs, its
+    verdict after (also recorded as an ``audit.verified`` event)."""
+
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=10, choices=AuditExportState.choices, default=AuditExportState.QUEUED)
+    total = models.BigIntegerField(default=0)
+    checked = models.BigIntegerField(default=0)
+    ok = models.BooleanField(null=True, blank=True)
+    broken_seq = models.BigIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"audit verification #{self.pk} ({self.state})"
+
+    @property
+    def pending(self) -> bool:
+        return self.state in (AuditExportState.QUEUED, AuditExportState.RUNNING)
+
+    @property
+    def percent(self) -> int:
+        return min(100, self.checked * 100 // self.total) if self.total else 0

@@ -1,5 +1,5 @@
-"""Celery tasks: thin wrappers over publishing.py, sync.py and notifications.py. Arguments are ids only; work is
-enqueued only through enqueue.py.
+"""Celery tasks: thin wrappers over publishing.py, sync.py, notifications.py and checkpoints.py. Arguments are ids
+only; work is enqueued only through enqueue.py.
 
 Every task is safe to run twice or late: publishing claims rows under ``skip_locked`` and re-checks state, so a
 duplicate message (sweeper plus broker redelivery) costs a query, never a second request. A task that meets a
@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 from django.db import DatabaseError, InterfaceError
 
-from . import enqueue, isdown, notifications, publishing, reminders, sync
+from . import checkpoints, enqueue, exports, isdown, notifications, publishing, reminders, sync, verifications
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +113,40 @@ def sync_incident(self: Task[[int], dict[str, int]], incident_id: int) -> dict[s
 def check_reminders(self: Task[[], dict[str, int]]) -> dict[str, int]:
     """Overdue updates and reviews waiting too long (reminders.py): each told once, so a redelivery is harmless."""
     return reminders.run()
+
+
+@shared_task(
+    name="incidents.tasks.checkpoint_audit_log",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_ON_DATABASE_ERROR,
+)
+def checkpoint_audit_log(self: Task[[], int | None]) -> int | None:
+    """Beat's signed checkpoint of the chain's head (skipped when the head has not moved since the last one)."""
+    checkpoint = checkpoints.sign_head("interval", only_if_moved=True)
+    return checkpoint.pk if checkpoint is not None else None
+
+
+@shared_task(
+    name="incidents.tasks.build_audit_export",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_ON_DATABASE_ERROR,
+)
+def build_audit_export(self: Task[[int], str], export_id: int) -> str:
+    """Write the file of an audit export too big to stream (exports.build)."""
+    return exports.build(export_id)
+
+
+@shared_task(
+    name="incidents.tasks.verify_audit_log",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    **RETRY_ON_DATABASE_ERROR,
+)
+def verify_audit_log(self: Task[[int], str], verification_id: int) -> str:
+    """Verify the audit chain against every checkpoint, with progress (verifications.run)."""
+    return verifications.run(verification_id)

@@ -38,6 +38,9 @@ urlpatterns = [
     path("audit/export.csv", audit.audit_export_csv, name="audit_export_csv"),
     path("audit/export.jsonl", audit.audit_export_jsonl, name="audit_export_jsonl"),
     path("audit/verify/", audit.audit_verify, name="audit_verify"),
+    path("audit/verify/<int:pk>/", audit.audit_verification, name="audit_verification"),
+    path("audit/exports/", audit.audit_exports, name="audit_exports"),
+    path("audit/exports/<int:pk>/download", audit.audit_export_download, name="audit_export_download"),
     path("publications/<int:pk>/", publications.publication_status, name="publication_status"),
     path("publications/<int:pk>/retry/", publications.publication_retry, name="publication_retry"),
     path(

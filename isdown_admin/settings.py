@@ -16,6 +16,7 @@ from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from .limits import time_limit_problem, windows_problem
+from .signing import KeyProblem, parse_private_key, read_private_key_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -411,6 +412,48 @@ HEARTBEAT_SILENT_AFTER = env_float("HEARTBEAT_SILENT_AFTER", 120.0, minimum=1.0)
 if HEARTBEAT_SILENT_AFTER <= HEARTBEAT_INTERVAL:
     raise ImproperlyConfigured("HEARTBEAT_SILENT_AFTER must exceed HEARTBEAT_INTERVAL")
 
+# --- Audit checkpoints (signed heads of the chain) ----------------------------------------------------------
+# The Ed25519 key that signs checkpoints lives outside the database: AUDIT_SIGNING_KEY (PEM or base64, a secret:
+# environment only) or AUDIT_SIGNING_KEY_FILE (a path). Production refuses to start without one; development uses
+# var/audit-signing-key.pem (make run writes it; created on first use if missing).
+AUDIT_SIGNING_KEY = os.environ.get("AUDIT_SIGNING_KEY") or ""
+AUDIT_SIGNING_KEY_FILE = os.environ.get("AUDIT_SIGNING_KEY_FILE") or ""
+AUDIT_SIGNING_KEY_IS_DEV_DEFAULT = False
+if AUDIT_SIGNING_KEY and AUDIT_SIGNING_KEY_FILE:
+    raise ImproperlyConfigured("Set one of AUDIT_SIGNING_KEY and AUDIT_SIGNING_KEY_FILE, not both")
+if AUDIT_SIGNING_KEY:
+    try:
+        parse_private_key(AUDIT_SIGNING_KEY)
+    except KeyProblem as exc:
+        raise ImproperlyConfigured(f"AUDIT_SIGNING_KEY is not an Ed25519 private key: {exc}") from None
+elif AUDIT_SIGNING_KEY_FILE:
+    try:
+        read_private_key_file(AUDIT_SIGNING_KEY_FILE)
+    except KeyProblem as exc:
+        raise ImproperlyConfigured(f"AUDIT_SIGNING_KEY_FILE: {exc}") from None
+elif DEBUG:
+    AUDIT_SIGNING_KEY_FILE = str(BASE_DIR / "var" / "audit-signing-key.pem")
+    AUDIT_SIGNING_KEY_IS_DEV_DEFAULT = True
+else:
+    raise ImproperlyConfigured(
+        "AUDIT_SIGNING_KEY or AUDIT_SIGNING_KEY_FILE must be set when DEBUG is off: audit checkpoints are signed "
+        "with a key kept outside the database (python -m isdown_admin.signing new-key makes one)"
+    )
+# Every checkpoint is also appended here (JSON Lines), outside the database. Empty: the database only (check
+# --deploy warns).
+# One development sink per database (make test, make chaos and make run each have their own).
+_DEV_SINK = str(BASE_DIR / "var" / f"audit-checkpoints-{DATABASES['default']['NAME']}.jsonl")
+AUDIT_CHECKPOINT_SINK = env_str("AUDIT_CHECKPOINT_SINK", _DEV_SINK if DEBUG else "")
+AUDIT_CHECKPOINT_INTERVAL = env_float("AUDIT_CHECKPOINT_INTERVAL", 300.0, minimum=1.0)
+# Exports of more events than this are built into a file by a worker (a request would outlive gunicorn's timeout);
+# the file is written to AUDIT_EXPORT_DIR, which web and worker share.
+AUDIT_EXPORT_STREAM_MAX_ROWS = env_int("AUDIT_EXPORT_STREAM_MAX_ROWS", 200_000, minimum=0)
+# Logs longer than this are verified by a worker, with progress on the page, instead of inside the request.
+AUDIT_VERIFY_INLINE_MAX_EVENTS = env_int("AUDIT_VERIFY_INLINE_MAX_EVENTS", 100_000, minimum=0)
+# The background verification checks segments of the chain in this many processes (one core each).
+AUDIT_VERIFY_PROCESSES = env_int("AUDIT_VERIFY_PROCESSES", os.cpu_count() or 1, minimum=1)
+AUDIT_EXPORT_DIR = env_str("AUDIT_EXPORT_DIR", str(BASE_DIR / "var" / "audit-exports"))
+
 # --- Celery -----------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
@@ -445,6 +488,7 @@ CELERY_BEAT_SCHEDULE = {
     "deliver-notifications": {"task": "incidents.tasks.deliver_notifications", "schedule": max(SWEEP_INTERVAL, 5.0)},
     "sync-open-incidents": {"task": "incidents.tasks.sync_open_incidents", "schedule": SYNC_INTERVAL},
     "check-reminders": {"task": "incidents.tasks.check_reminders", "schedule": REMINDER_INTERVAL},
+    "checkpoint-audit-log": {"task": "incidents.tasks.checkpoint_audit_log", "schedule": AUDIT_CHECKPOINT_INTERVAL},
 }
 
 # Error pages and error emails never show secrets or *_URL values (they carry passwords).

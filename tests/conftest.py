@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -102,34 +103,48 @@ def real_password_hashing(fast_password_hashing: list[str]) -> Iterator[None]:
         yield
 
 
-def tamper_as_owner(sql: str, params: list) -> None:
-    """Change audit rows as only the table's owner can: switch the append-only trigger off, change, switch it
-    back on. Committed: call it from transactional tests only."""
+def tamper_as_owner(sql: str, params: list, *, table: str = "incidents_auditevent") -> None:
+    """Change audit rows (or checkpoint rows: ``table``) as only the table's owner can: switch the append-only
+    trigger off, change, switch it back on. Committed: call it from transactional tests only."""
     with as_owner(), connections["default"].cursor() as cursor:
-        cursor.execute("ALTER TABLE incidents_auditevent DISABLE TRIGGER incidents_auditevent_append_only")
+        cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
         try:
             cursor.execute(sql, params)
         finally:
-            cursor.execute("ALTER TABLE incidents_auditevent ENABLE TRIGGER incidents_auditevent_append_only")
+            cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
 
 
 _flush = TransactionTestCase._fixture_teardown
 
 
+INSERT_ONLY_TABLES = ("incidents_auditevent", "incidents_auditcheckpoint")
+
+
 def _flush_as_owner(self) -> None:
-    """Transactional tests end with a flush: only the owner may empty the audit table, and only with its
-    TRUNCATE trigger switched off for the moment (the one place the tests go around it)."""
+    """Transactional tests end with a flush: only the owner may empty the audit and checkpoint tables, and only
+    with their TRUNCATE triggers switched off for the moment (the one place the tests go around them)."""
     with as_owner():
         with connections["default"].cursor() as cursor:
-            cursor.execute("ALTER TABLE incidents_auditevent DISABLE TRIGGER incidents_auditevent_no_truncate")
+            for table in INSERT_ONLY_TABLES:
+                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_no_truncate")
         try:
             _flush(self)
         finally:
             with connections["default"].cursor() as cursor:
-                cursor.execute("ALTER TABLE incidents_auditevent ENABLE TRIGGER incidents_auditevent_no_truncate")
+                for table in INSERT_ONLY_TABLES:
+                    cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER {table}_no_truncate")
 
 
 TransactionTestCase._fixture_teardown = _flush_as_owner
+
+
+@pytest.fixture(autouse=True)
+def checkpoint_sink(tmp_path) -> Iterator[Path]:
+    """Each test appends its signed checkpoints to a sink file of its own (the database is emptied between tests;
+    a shared sink would name checkpoints that are no longer in it)."""
+    path = tmp_path / "audit-checkpoints.jsonl"
+    with override_settings(AUDIT_CHECKPOINT_SINK=str(path)):
+        yield path
 
 
 @pytest.fixture

@@ -391,7 +391,11 @@ def test_jsonl_export_lines_parse_and_match_the_rows(auditor, platform, as_user)
     assert isinstance(response, StreamingHttpResponse)
     assert response["Content-Disposition"].startswith("attachment; filename=")
     lines = _streamed(response).splitlines()
-    parsed = [json.loads(line) for line in lines]
+    header, *signed_and_events = [json.loads(line) for line in lines]
+    # A header with the signing key, the signed checkpoints, then the events (which carry no "type").
+    assert header["type"] == "header" and header["public_key"]
+    parsed = [row for row in signed_and_events if "type" not in row]
+    assert all(row["type"] == "checkpoint" for row in signed_and_events if "type" in row)
     assert [row["seq"] for row in parsed] == [e.seq for e in reversed(events)]
     assert parsed[0]["changes"] == {"n": [2, 3]}
     assert parsed[0]["hash"] == events[-1].hash

@@ -16,6 +16,7 @@ from django.utils import timezone
 from incidents import heartbeat
 from incidents.models import AuditEvent, Membership, Service, SystemMark, Team
 from isdown_admin import preflight
+from isdown_admin.signing import new_private_b64
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION_ENV = {
@@ -26,6 +27,8 @@ PRODUCTION_ENV = {
     "ISDOWN_API_KEY": "a-real-key",
     "ISDOWN_API_URL": "https://isdown.app",
     "EMAIL_URL": "smtp+tls://mailer:secret@mail.example.com:587",
+    "AUDIT_SIGNING_KEY": new_private_b64(),
+    "AUDIT_CHECKPOINT_SINK": "/var/lib/isdown-admin/audit-checkpoints.jsonl",
 }
 
 

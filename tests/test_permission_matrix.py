@@ -29,7 +29,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from incidents import workflow
-from incidents.models import AuditEvent, DraftKind, DraftTemplate, Membership
+from incidents.models import AuditEvent, AuditExport, AuditVerification, DraftKind, DraftTemplate, Membership
 from tests.factories import IncidentFactory
 from tests.publishing.factories import approved_publication
 
@@ -195,6 +195,11 @@ EXPECTED: dict[str, dict[str, tuple[Outcome, Outcome]]] = {
     "incidents:audit_export_csv": same((200, 405), outsider=(403, 405), responder=(403, 405)),
     "incidents:audit_export_jsonl": same((200, 405), outsider=(403, 405), responder=(403, 405)),
     "incidents:audit_verify": same((405, REDIRECT), outsider=(405, 403), responder=(405, 403)),
+    # A background verification's progress, to its requester only (the world's is the auditor's).
+    "incidents:audit_verification": same((404, 405), outsider=(403, 405), responder=(403, 405), auditor=(200, 405)),
+    "incidents:audit_exports": same((200, 405), outsider=(403, 405), responder=(403, 405)),
+    # A background export's file, to its requester only (the world's is the auditor's, still queued: 409).
+    "incidents:audit_export_download": same((404, 405), outsider=(403, 405), responder=(403, 405), auditor=(409, 405)),
     "incidents:publication_status": team_object(responder=(200, 405), approver=(200, 405), auditor=(200, 405)),
     "incidents:publication_retry": PUBLICATION_ACTION,
     # Whoever drafts may edit and resubmit what IsDown refused (a queued one is refused: back to its page).
@@ -292,6 +297,8 @@ def world(responder, approver, auditor, outsider, staff, api_service, pipeline_s
         "publication": publication,
         "attempt": attempt,
         "template": template,
+        "audit_export": AuditExport.objects.create(requested_by=auditor, format="csv", up_to_seq=0),
+        "audit_verification": AuditVerification.objects.create(requested_by=auditor),
     }
 
 
@@ -328,6 +335,8 @@ def kwargs_for(route: Route, world: dict[str, Any]) -> dict[str, str]:
         "incidents:alert_settings": {"team_id": world["service"].team_id},
         "incidents:alert_token_rotate": {"team_id": world["service"].team_id},
         "incidents:alert_route_delete": {"team_id": world["service"].team_id, "pk": 1},
+        "incidents:audit_export_download": {"pk": world["audit_export"].pk},
+        "incidents:audit_verification": {"pk": world["audit_verification"].pk},
         "sandbox:status": {"service_id": world["service"].isdown_service_id},
         "sandbox:api_incident": {"incident_id": "1"},
         "sandbox:api_unknown": {"rest": "v2/unknown"},

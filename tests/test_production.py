@@ -23,6 +23,7 @@ import pytest
 from django.db import connection
 
 from isdown_admin import preflight
+from isdown_admin.signing import new_private_b64
 
 from .conftest import APP_URL, OWNER_URL
 from .factories import UserFactory
@@ -50,6 +51,7 @@ def production_env(**overrides: str) -> dict[str, str]:
         **inherited,
         **documented_env(),
         "SECRET_KEY": secrets.token_urlsafe(64),
+        "AUDIT_SIGNING_KEY": new_private_b64(),
         "ALLOWED_HOSTS": f"{HOST},127.0.0.1",
         "CSRF_TRUSTED_ORIGINS": f"https://{HOST}",
         "SITE_URL": f"https://{HOST}",
@@ -78,6 +80,9 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS must list"),
         ({"ISDOWN_API_URL": "http://isdown.example"}, "ISDOWN_API_URL must use https://"),
         ({"CELERY_TASK_SOFT_TIME_LIMIT": "90"}, "soft time limit"),
+        ({"AUDIT_SIGNING_KEY": None}, "AUDIT_SIGNING_KEY or AUDIT_SIGNING_KEY_FILE must be set when DEBUG is off"),
+        ({"AUDIT_SIGNING_KEY": "not-a-key"}, "AUDIT_SIGNING_KEY is not an Ed25519 private key"),
+        ({"AUDIT_SIGNING_KEY": None, "AUDIT_SIGNING_KEY_FILE": "/nonexistent/key.pem"}, "AUDIT_SIGNING_KEY_FILE"),
     ],
 )
 def test_production_settings_refuse_unsafe_configs_at_start_up(transactional_db, unsafe, refusal):
@@ -123,6 +128,7 @@ def test_the_documented_production_config_passes_every_deploy_check(transactiona
         ({"DATABASE_URL": "owner"}, "isdown.E004"),
         ({"DATABASE_URL": "superuser"}, "isdown.E004"),
         ({"SECURE_HSTS_SECONDS": "0"}, "security.W004"),
+        ({"AUDIT_CHECKPOINT_SINK": ""}, "isdown.W005"),
     ],
 )
 def test_an_unsafe_production_config_fails_the_deploy_check(transactional_db, unsafe, finding):
@@ -197,7 +203,7 @@ def production_server(transactional_db, tmp_path):
     image_env, build, command = dockerfile()
     static_root = tmp_path / "static"
     build_env = {**production_env(), **image_env, "STATIC_ROOT": str(static_root)}
-    for name in ("SECRET_KEY", "ALLOWED_HOSTS", "ISDOWN_API_KEY"):
+    for name in ("SECRET_KEY", "ALLOWED_HOSTS", "ISDOWN_API_KEY", "AUDIT_SIGNING_KEY"):
         build_env.pop(name)  # the build step brings its own, build-only values
     built = subprocess.run(["sh", "-c", build], cwd=ROOT, env=build_env, capture_output=True, text=True, timeout=180)
     assert built.returncode == 0, built.stdout + built.stderr

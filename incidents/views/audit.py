@@ -6,22 +6,25 @@ events of the teams where the user audits or approves, plus team-less sign-in ev
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from datetime import datetime
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import access, audit, selectors
+from .. import access, audit, checkpoints, exports, selectors, verifications
 from ..forms import AuditFilterForm
 from ..http import HtmxHttpRequest
+from ..models import AuditExport, AuditExportState, AuditVerification
 
-EXPORT_CHUNK_ROWS = 2000
 FILTER_NAMES = ("team", "actor", "action", "incident", "target_type", "target_id", "target", "since", "until")
 TEMPLATE = "incidents/audit_log.html"
 
@@ -77,9 +80,31 @@ def _render_page(request: HtmxHttpRequest, form: AuditFilterForm, *, status: int
         "page_size": selectors.AUDIT_PAGE_SIZE,
     }
     partial = request.htmx and not request.htmx.history_restore_request
+    if not partial:
+        context["signing"] = _signing_context()
+        context.update(_exports_context(request.user))
+        context["verification"] = verifications.latest(request.user)
     response = render(request, f"{TEMPLATE}#htmx_results" if partial else TEMPLATE, context, status=status)
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+def _signing_context() -> dict[str, object]:
+    """The key auditors pin (and its fingerprint) and the latest signed checkpoints of the chain."""
+    try:
+        key = checkpoints.public_key()
+    except checkpoints.CheckpointError as exc:
+        return {"problem": str(exc)}
+    return {"public_key": key, "fingerprint": checkpoints.fingerprint(), "checkpoints": checkpoints.latest(5)}
+
+
+def _exports_context(user) -> dict[str, object]:
+    mine = exports.mine(user)
+    return {
+        "exports": mine,
+        "exports_pending": any(export.pending for export in mine),
+        "stream_max_rows": settings.AUDIT_EXPORT_STREAM_MAX_ROWS,
+    }
 
 
 # --- Views --------------------------------------------------------------------------------------------------
@@ -108,14 +133,38 @@ def _export(request: HtmxHttpRequest, fmt: str) -> HttpResponse:
             summary=f"Exported the audit log as {label} (filters: {described})"[:500],
             context={"export": {"format": fmt, "filters": filters}},
         )
+    # Every export signs the head it starts from (the exported-event above included): the export can be checked
+    # against it, and against every checkpoint before it, offline.
+    try:
+        checkpoint = checkpoints.sign_head("export")
+    except checkpoints.CheckpointError as exc:
+        messages.error(request, f"The export was not made: {exc}")
+        return redirect("incidents:audit_log")
     events = selectors.filtered_events(request.user, form.cleaned_data).order_by("-seq")
-    # A server-side cursor: memory stays flat however many rows match.
-    rows = events.iterator(chunk_size=EXPORT_CHUNK_ROWS)
+    if exports.too_big_to_stream(events):
+        # A request would outlive the server's timeout: a worker writes the file, the page offers it when ready.
+        export = exports.request(
+            user=request.user,
+            fmt=fmt,
+            filters=_filter_query(form),
+            described=described,
+            up_to_seq=checkpoint.seq if checkpoint else 0,
+        )
+        messages.info(
+            request,
+            f"The export is large: it is being built as export #{export.pk}. It appears under “Your exports” below "
+            "when it is ready.",
+        )
+        return redirect(reverse("incidents:audit_log") + _link(_filter_query(form)))
+    preamble = checkpoints.export_preamble() if fmt == "jsonl" else []
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    # PostgreSQL renders the rows, read through a server-side cursor: memory stays flat however many rows match.
     if fmt == "csv":
-        response = StreamingHttpResponse(audit.iter_csv(rows), content_type="text/csv; charset=utf-8")
+        response = StreamingHttpResponse(audit.fast_csv(events), content_type="text/csv; charset=utf-8")
     else:
-        response = StreamingHttpResponse(audit.iter_jsonl(rows), content_type="application/x-ndjson; charset=utf-8")
+        response = StreamingHttpResponse(
+            itertools.chain(preamble, audit.fast_jsonl(events)), content_type="application/x-ndjson; charset=utf-8"
+        )
     response["Content-Disposition"] = f'attachment; filename="audit-log-{stamp}.{fmt}"'
     response["Cache-Control"] = "no-store"
     return response
@@ -133,18 +182,17 @@ def audit_export_jsonl(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_POST
 def audit_verify(request: HtmxHttpRequest) -> HttpResponse:
-    """Recompute the whole chain, record that we did and what we found, and show it."""
+    """Verify the chain against every signed checkpoint: here for a small log, by a worker (progress shown, polled)
+    for a big one. Either way the verdict is recorded as an audit event."""
     _require_audit_reader(request.user)
-    result = audit.verify_chain()
-    for team in selectors.audit_scope_teams(request.user, ""):
-        audit.record(
-            "audit.verified",
-            actor=request.user,
-            team=team,
-            target_type="audit_log",
-            target_label="Audit log",
-            summary=f"Verified the audit chain: {result.message()}"[:500],
-        )
+    if verifications.too_long_to_verify_inline():
+        verification = verifications.request(request.user)
+        if request.htmx:
+            return render(request, f"{TEMPLATE}#verify_result", {"verification": verification})
+        messages.info(request, f"Verification #{verification.pk} started: its progress is shown below.")
+        return redirect("incidents:audit_log")
+    result = verifications.verify_now()
+    verifications.record_verdict(request.user, result)
     if request.htmx:
         return render(request, f"{TEMPLATE}#verify_result", {"verify": result})
     if result.ok:
@@ -152,3 +200,41 @@ def audit_verify(request: HtmxHttpRequest) -> HttpResponse:
     else:
         messages.error(request, f"Chain verification failed. {result.message()}")
     return redirect("incidents:audit_log")
+
+
+@require_GET
+def audit_verification(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """A background verification's progress, then its verdict (the page polls this while it runs)."""
+    _require_audit_reader(request.user)
+    verification = AuditVerification.objects.filter(pk=pk, requested_by=request.user).first()
+    if verification is None:
+        raise Http404("No such verification of yours.")
+    return render(request, f"{TEMPLATE}#verify_result", {"verification": verification})
+
+
+@require_GET
+def audit_exports(request: HtmxHttpRequest) -> HttpResponse:
+    """The user's latest background exports (the page polls this while one is being built)."""
+    _require_audit_reader(request.user)
+    return render(request, f"{TEMPLATE}#exports", _exports_context(request.user))
+
+
+@require_GET
+def audit_export_download(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The file of a background export, to the user who asked for it only (404 for anyone else)."""
+    _require_audit_reader(request.user)
+    export = AuditExport.objects.filter(pk=pk, requested_by=request.user).first()
+    if export is None:
+        raise Http404("No such export of yours.")
+    if export.state != AuditExportState.DONE:
+        return HttpResponse(f"Export #{export.pk} is not ready ({export.get_state_display()}).", status=409)
+    path = exports.path_for(export)
+    if not path.exists():
+        raise Http404("The export's file is gone.")
+    stamp = export.created_at.strftime("%Y%m%dT%H%M%SZ")
+    content_type = "text/csv; charset=utf-8" if export.format == "csv" else "application/x-ndjson; charset=utf-8"
+    response = FileResponse(
+        path.open("rb"), as_attachment=True, filename=f"audit-log-{stamp}.{export.format}", content_type=content_type
+    )
+    response["Cache-Control"] = "no-store"
+    return response

@@ -31,6 +31,14 @@ def world(responder, approver, auditor, api_service, no_broker):
         fields={"title": "Login failures", "severity": "major", "stage": "investigating", "description": "Looking."},
     )
     workflow.submit(draft_id=in_review.pk, user=responder)
+    # The audit page's signed checkpoints, background exports and a finished background verification.
+    from incidents import checkpoints
+    from incidents.models import AuditExport, AuditVerification
+
+    checkpoints.sign_head("interval")
+    AuditExport.objects.create(requested_by=approver, format="jsonl", up_to_seq=1, state="done", rows=12, size=4096)
+    AuditExport.objects.create(requested_by=approver, format="csv", up_to_seq=1, state="failed", error="disk full")
+    AuditVerification.objects.create(requested_by=approver, state="done", ok=True, total=9, checked=9, message="OK")
     return {"incident": incident, "failed": failed, "in_review": in_review}
 
 
@@ -74,6 +82,7 @@ def test_every_page_fits_the_window_and_passes_axe(live_server, browser: Browser
     page.goto(f"{base}/publications/{world['failed'].pk}/")
     findings.inspect(page, "publication-failed-approver")
     page.goto(f"{base}/audit/")
+    page.locator("#audit-signing summary").click()  # the public key and the latest checkpoints
     findings.inspect(page, "audit-log")
     page.goto(f"{base}/services/{world['incident'].service_id}/")
     findings.inspect(page, "service")
