@@ -432,6 +432,7 @@ _WORKER_FIELDS = (
     "revision__review__sha256",
     "team__name",
     "service__isdown_service_id",
+    "draft__group_id",  # a create joins its draft's group (issue 12): read with the row, not after
 )
 
 
@@ -439,7 +440,7 @@ def _lock_for_worker(publication_id: int) -> Publication | None:
     """The row a worker records on, locked (waiting for a claim or a human that holds it), narrow."""
     return (
         Publication.objects.select_for_update(of=("self",), no_key=True)
-        .select_related("request", "revision", "revision__review", "team", "service")
+        .select_related("request", "revision", "revision__review", "team", "service", "draft")
         .only(*_WORKER_FIELDS)
         .filter(pk=publication_id)
         .first()
@@ -458,7 +459,7 @@ def _lock_to_claim(publication_id: int) -> Publication | None:
     )
     return (
         Publication.objects.select_for_update(skip_locked=True, of=("self",), no_key=True)
-        .select_related("request", "revision", "revision__review", "team", "service")
+        .select_related("request", "revision", "revision__review", "team", "service", "draft")
         .only(*_WORKER_FIELDS)
         .annotate(
             request_hash_lines=ArraySubquery(
