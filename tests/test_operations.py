@@ -29,6 +29,7 @@ PRODUCTION_ENV = {
     "EMAIL_URL": "smtp+tls://mailer:secret@mail.example.com:587",
     "AUDIT_SIGNING_KEY": new_private_b64(),
     "AUDIT_CHECKPOINT_SINK": "/var/lib/isdown-admin/audit-checkpoints.jsonl",
+    "MFA_REQUIRED_FOR_APPROVERS": "1",
 }
 
 
