@@ -49,7 +49,7 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     # One query for the rows and what their blocks show, one for all their attempts (a busy incident has many).
     publications = list(
         selectors.group_publications(request.user, incident)
-        .select_related("request", "service", "revision", "team")
+        .select_related("request", "service", "revision", "revision__review", "team")
         .prefetch_related("attempt_rows")
         .order_by("-created_at")
     )
