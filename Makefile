@@ -102,8 +102,9 @@ bench: install-dev
 	@mkdir -p var/bench
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_publishing.py --json var/bench/p1.json $(BENCH_PUBLISHING_ARGS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_pagination.py --fresh --json var/bench/p2.json $(BENCH_PAGES_ARGS)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_verify.py $(BENCH_VERIFY_ARGS)
-	$(PY) tests/bench/report.py var/bench/p1.json var/bench/p2.json var/bench/p3.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_verify.py --json var/bench/p3-verify.json $(BENCH_VERIFY_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_export.py --json var/bench/p3-export.json $(BENCH_EXPORT_ARGS)
+	$(PY) tests/bench/report.py var/bench/p1.json var/bench/p2.json var/bench/p3-verify.json var/bench/p3-export.json
 
 ## make lint: style (ruff), the import contracts (.importlinter) and the types (mypy.ini). Fast: CI runs it first.
 ## The django-stubs plugin loads the settings, so it runs with make's development environment (DEBUG=1 above).

@@ -69,3 +69,38 @@ def test_the_pages_bench_prints_every_page_and_the_concurrency_goals():
     )
     assert "| incident page, 3 publications |" in out and "| audit log, label contains |" in out
     assert "P2 dashboard, 2 clients" in out and "bare template view" in out
+
+
+def _p3(script: str, out_json: Path) -> str:
+    """The P3 benches use DATABASE_URL's database + ``_verifybench``: a smoke database of its own, so a real
+    ``make bench``'s filled million rows are not refilled."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    url = urlunsplit(parts._replace(path=parts.path.rstrip("/") + "_p3smoke"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "bench" / script), "--rows", "300", "--json", str(out_json)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "DATABASE_URL": url, "BENCH_EXPORT_MEASURE": ""},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_the_verify_and_export_benches_write_their_goal_rows_for_the_table(tmp_path):
+    import json
+
+    out = _p3("bench_audit_verify.py", tmp_path / "verify.json")
+    assert "P3 verify 300 events: background job" in out and "baseline v1 ORM loop" in out
+    out = _p3("bench_audit_export.py", tmp_path / "export.json")
+    assert "P3 export JSONL 300 rows" in out and "P3 export CSV 300 rows" in out
+    rows = [*json.loads((tmp_path / "verify.json").read_text()), *json.loads((tmp_path / "export.json").read_text())]
+    assert [row["goal"].split(" ")[:3] for row in rows] == [
+        ["P3", "verify", "300"],
+        ["P3", "export", "JSONL"],
+        ["P3", "export", "CSV"],
+    ]
+    assert all({"measured", "baseline", "ratio", "met"} <= set(row) for row in rows)

@@ -13,6 +13,7 @@ read in a fresh process, before the baseline runs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -48,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--no-baseline", action="store_true", help="skip the previous export path")
+    parser.add_argument("--json", help="write the goal rows here for make bench's table (tests/bench/report.py)")
     args = parser.parse_args()
     # A re-run (after the fill) skips migrate: its memory would count in the peak.
     setup_django(migrate=os.environ.get("BENCH_EXPORT_MEASURE") != "1")
@@ -73,6 +75,7 @@ def main() -> None:
     if not args.no_baseline:
         for fmt, old in (("JSONL", audit.iter_jsonl), ("CSV", audit.iter_csv)):
             baselines[fmt] = consume(old(events.iterator(chunk_size=2000)))[0]
+    rows = []
     for fmt, (elapsed, size) in results.items():
         rate = args.rows / elapsed
         line = (
@@ -83,6 +86,18 @@ def main() -> None:
             old_rate = args.rows / baselines[fmt]
             line += f"; baseline ORM + Python encoders {old_rate:,.0f} rows/s; ratio {rate / old_rate:.1f}x"
         print(line + ")")
+        old_text = f"ORM + Python encoders {args.rows / baselines[fmt]:,.0f} rows/s" if fmt in baselines else "not run"
+        rows.append(
+            {
+                "goal": f"P3 export {fmt} ≥ {GOAL_ROWS_PER_S:,} rows/s at ≤ {GOAL_RSS_MB} MB RSS ({args.rows:,} rows)",
+                "measured": f"{rate:,.0f} rows/s, peak RSS {peak_mb:.0f} MB",
+                "baseline": old_text,
+                "ratio": f"{rate / GOAL_ROWS_PER_S:.2f} of the goal",
+                "met": rate >= GOAL_ROWS_PER_S and peak_mb <= GOAL_RSS_MB,
+            }
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows))
 
 
 if __name__ == "__main__":
