@@ -9,7 +9,7 @@ dies after sending and before recording sends that email again.
 
 Who hears what:
 - a submitted revision: the team's approvers other than its author and last editor;
-- a review decision: the draft's author;
+- a review decision: the draft's author and the revision's submitter;
 - a publication that failed, needs attention or was duplicated: the team's approvers and the draft's author;
 - a break-glass publication: every other approver of the team, at once;
 - an incident whose next update is overdue: the authors of its drafts and the team's approvers;
@@ -110,7 +110,10 @@ def revision_submitted(revision: Revision) -> Notification | None:
 
 
 def revision_reviewed(review: Review) -> Notification | None:
+    """The author hears the verdict, and so does whoever submitted the revision: for a draft whose author cannot
+    sign in (an alert's system author, which has no address) the submitter is the only one waiting for it."""
     draft = review.revision.draft
+    told = [user for user in (draft.author, review.revision.submitted_by) if user.pk != review.reviewer_id]
     body = (
         f"{review.reviewer.get_username()} {review.get_decision_display().lower()} revision "
         f"{review.revision.number} of your draft #{draft.pk} ({draft.service.name}).\n"
@@ -121,7 +124,7 @@ def revision_reviewed(review: Review) -> Notification | None:
     return queue(
         kind="reviewed",
         team=draft.team,
-        users=[draft.author],
+        users=told,
         subject=f"[isdown-admin] {review.get_decision_display()}: {draft.title or draft.get_kind_display()}",
         body=body,
         target=draft,
