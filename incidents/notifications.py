@@ -144,15 +144,12 @@ HUMAN_STATE_WORDS = {
 }
 
 
-def publication_needs_human(publication: Publication, *, reason: str) -> Notification | None:
-    """Tell the team's approvers and the draft's author that a publication waits for a human."""
+def publication_needs_human(publication: Publication, *, reason: str, waiting: int = 0) -> Notification | None:
+    """Tell the team's approvers and the draft's author that a publication waits for a human. ``waiting``: how many
+    changes to the same IsDown incident go out after it (publishing.behind, in the order they are due)."""
     draft = publication.draft
     label, meaning = HUMAN_STATE_WORDS.get(PublicationState(publication.state), ("Needs a human", ""))
     users = [*team_approvers(publication.team), draft.author]
-    held = Publication.objects.filter(
-        target_remote_id=publication.target_remote_id, state=PublicationState.QUEUED, pk__gt=publication.pk
-    ).exclude(target_remote_id="")
-    waiting = held.count()
     body = (
         f"{label}: publication #{publication.pk} of draft #{draft.pk} "
         f"({draft.title or draft.get_kind_display()}, {publication.service.name}, {publication.team.name}).\n\n"

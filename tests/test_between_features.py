@@ -4,10 +4,16 @@ grouped incident, templates and the lint on add/remove-service drafts. Each test
 
 from __future__ import annotations
 
-import pytest
+from datetime import timedelta
 
-from incidents import alerts, workflow
-from incidents.models import DraftKind, Notification
+import pytest
+import respx
+from django.utils import timezone
+
+from incidents import alerts, publishing, workflow
+from incidents.models import DraftKind, Notification, PublicationState
+
+from .factories import IncidentFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -50,3 +56,46 @@ def test_the_review_of_an_alert_draft_is_emailed_to_its_submitter(
     told = Notification.objects.get(kind="reviewed")
     assert told.recipients == [responder.email]
     assert f"draft #{draft.pk}" in told.body
+
+
+# --- 2. "N later changes wait behind it" counts in the order they go out -------------------------------------------
+def approved_update(*, author, reviewer, incident, description: str, publish_at=None):
+    fields = {**FIELDS, "title": incident.title, "severity": incident.severity, "description": description}
+    revision = workflow.create_and_submit(
+        user=author, service=incident.service, kind=DraftKind.UPDATE, fields=fields, incident=incident
+    )
+    decision = workflow.approve(
+        draft_id=revision.draft_id,
+        revision_id=revision.pk,
+        reviewer=reviewer,
+        sha256=revision.sha256,
+        publish_at=publish_at,
+    )
+    return decision.publications
+
+
+def test_the_email_about_a_held_publication_counts_what_waits_behind_it_in_due_order(
+    settings, api_service, responder, approver
+):
+    settings.ISDOWN_API_URL = "http://isdown.test"
+    incident = IncidentFactory(service=api_service, remote_id="4242", title="API errors", severity="major")
+    # Approved first but scheduled for later: it goes out after the two below, so it waits behind the first.
+    later = approved_update(
+        author=responder,
+        reviewer=approver,
+        incident=incident,
+        description="Maintenance at 08:00.",
+        publish_at=timezone.now() + timedelta(hours=1),
+    )
+    [first] = approved_update(author=responder, reviewer=approver, incident=incident, description="Identified.")
+    approved_update(author=responder, reviewer=approver, incident=incident, description="A fix is rolling out.")
+    assert later[0].pk < first.pk and publishing.ahead_of(first) is None
+    with respx.mock(base_url="http://isdown.test") as isdown_api:
+        isdown_api.patch("/api/v2/incidents/4242").respond(
+            422, json={"errors": [{"status": 422, "detail": "Status must be 'minor' or 'major'"}]}
+        )
+        publishing.process(publication_id=first.pk)
+    first.refresh_from_db()
+    assert first.state == PublicationState.FAILED
+    told = Notification.objects.get(kind="publication_failed")
+    assert "2 later change(s) to the same incident wait behind it" in told.body
