@@ -87,14 +87,18 @@ def queue(
 
 
 # --- What is told --------------------------------------------------------------------------------------------
+def services_of(revision: Revision) -> str:
+    """The services a revision's requests go to, in order (a draft may fan out to several: issue 12)."""
+    names = list(dict.fromkeys(revision.requests.order_by("position").values_list("service__name", flat=True)))
+    return ", ".join(names) or revision.draft.service.name
+
+
 def revision_submitted(revision: Revision) -> Notification | None:
     draft = revision.draft
     approvers = team_approvers(draft.team).exclude(
         pk__in=[revision.author_id, revision.last_editor_id, *revision.editors]
     )
-    # A draft may fan out to several services (issue 12): name each one its requests go to.
-    names = list(dict.fromkeys(revision.requests.order_by("position").values_list("service__name", flat=True)))
-    services = ", ".join(names) or draft.service.name
+    services = services_of(revision)
     return queue(
         kind="review_needed",
         team=draft.team,
@@ -172,17 +176,19 @@ def publication_needs_human(publication: Publication, *, reason: str, waiting: i
 
 # --- Break-glass and reminders (issue 12 §4, §5) ------------------------------------------------------------
 def break_glass_published(review: Review) -> Notification | None:
-    """Every other approver hears at once that a revision was published without a second approver."""
+    """Every other approver hears at once that a revision was published without a second approver, and where to:
+    every service its requests go to."""
     draft = review.revision.draft
+    services = services_of(review.revision)
     return queue(
         kind="break_glass",
         team=draft.team,
         users=team_approvers(draft.team).exclude(pk=review.reviewer_id),
         subject=f"[isdown-admin] BREAK-GLASS: {review.reviewer.get_username()} published "
-        f"{draft.title or draft.get_kind_display()} without review ({draft.service.name})",
+        f"{draft.title or draft.get_kind_display()} without review ({services})",
         body=(
             f"{review.reviewer.get_username()} published revision {review.revision.number} of draft #{draft.pk} "
-            f"({draft.service.name}, {draft.team.name}) without a second approver (break-glass), after an "
+            f"({services}, {draft.team.name}) without a second approver (break-glass), after an "
             f"authenticator check.\n\nTheir reason:\n{review.comment}\n\n"
             f"It must be reviewed after the fact by another approver: {_link('incidents:draft_review', pk=draft.pk)}\n"
         ),
@@ -213,14 +219,14 @@ def update_overdue(incident: Incident, *, due_at_text: str, team: Team) -> Notif
 
 def review_escalated(revision: Revision, *, waited_minutes: int) -> Notification | None:
     draft = revision.draft
+    services = services_of(revision)
     return queue(
         kind="review_escalated",
         team=draft.team,
         users=team_approvers(draft.team),
-        subject=f"[isdown-admin] Still waiting for review: {draft.title or draft.get_kind_display()} "
-        f"({draft.service.name})",
+        subject=f"[isdown-admin] Still waiting for review: {draft.title or draft.get_kind_display()} ({services})",
         body=(
-            f"Revision {revision.number} of draft #{draft.pk} ({draft.service.name}, {draft.team.name}) has waited "
+            f"Revision {revision.number} of draft #{draft.pk} ({services}, {draft.team.name}) has waited "
             f"{waited_minutes} minutes for a second approver.\n\n"
             f"Review it: {_link('incidents:draft_review', pk=draft.pk)}\n"
         ),

@@ -11,9 +11,10 @@ import respx
 from django.utils import timezone
 
 from incidents import alerts, publishing, workflow
-from incidents.models import DraftKind, Notification, PublicationState
+from incidents.models import DraftKind, IncidentGroup, Notification, PublicationState
 
 from .factories import IncidentFactory
+from .test_break_glass import code_at, enrolled
 
 pytestmark = pytest.mark.django_db
 
@@ -99,3 +100,66 @@ def test_the_email_about_a_held_publication_counts_what_waits_behind_it_in_due_o
     assert first.state == PublicationState.FAILED
     told = Notification.objects.get(kind="publication_failed")
     assert "2 later change(s) to the same incident wait behind it" in told.body
+
+
+# --- 3. Break-glass and scheduling on a grouped incident fan out -----------------------------------------------------
+@pytest.fixture
+def grouped(api_service, dashboard_service, platform):
+    """A published incident on API and Dashboard, grouped."""
+    group = IncidentGroup.objects.create(team=platform, title="API errors")
+    api = IncidentFactory(service=api_service, remote_id="5001", title="API errors", severity="major", group=group)
+    dashboard = IncidentFactory(
+        service=dashboard_service, remote_id="5002", title="API errors", severity="major", group=group
+    )
+    return group, api, dashboard
+
+
+def grouped_update(author, incident, description="Cause identified: a bad deploy, rolled back."):
+    fields = {**FIELDS, "description": description, "stage": "identified"}
+    return workflow.create_and_submit(
+        user=author, service=incident.service, kind=DraftKind.UPDATE, fields=fields, incident=incident
+    )
+
+
+def test_break_glass_on_a_grouped_incident_publishes_to_every_open_service_and_says_so(
+    grouped, approver, approver2, no_broker, django_capture_on_commit_callbacks
+):
+    _, api, dashboard = grouped
+    revision = grouped_update(approver, api)
+    now = timezone.now()
+    enrolled(approver, now - timedelta(minutes=5))
+    with django_capture_on_commit_callbacks(execute=True):
+        decision = workflow.break_glass(
+            draft_id=revision.draft_id,
+            revision_id=revision.pk,
+            user=approver,
+            sha256=revision.sha256,
+            reason="Nobody else answers.",
+            totp_code=code_at(now),
+            now=now,
+        )
+    assert [(p.target_remote_id, p.state) for p in decision.publications] == [
+        ("5001", PublicationState.QUEUED),
+        ("5002", PublicationState.QUEUED),
+    ]
+    assert {pk for name, pk in no_broker.sent if name == "publish"} == {p.pk for p in decision.publications}
+    for publication in decision.publications:
+        assert publishing.integrity_problem(publication) is None  # the worker sends both
+    email = Notification.objects.get(kind="break_glass")
+    assert email.recipients == [approver2.email]
+    # Every other approver learns where it went: both services, not only the draft's first.
+    assert "API, Dashboard" in email.subject and "API, Dashboard" in email.body
+
+
+def test_a_scheduled_update_of_a_grouped_incident_schedules_every_service(grouped, responder, approver, no_broker):
+    _, api, dashboard = grouped
+    revision = grouped_update(responder, dashboard)
+    at = timezone.now() + timedelta(hours=2)
+    decision = workflow.approve(
+        draft_id=revision.draft_id, revision_id=revision.pk, reviewer=approver, sha256=revision.sha256, publish_at=at
+    )
+    assert [(p.target_remote_id, p.state, p.due_at) for p in decision.publications] == [
+        ("5001", PublicationState.SCHEDULED, at),
+        ("5002", PublicationState.SCHEDULED, at),
+    ]
+    assert not [pk for name, pk in no_broker.sent if name == "publish"]
