@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import respx
+from django.urls import reverse
 from django.utils import timezone
 
 from incidents import alerts, publishing, workflow
@@ -163,3 +164,38 @@ def test_a_scheduled_update_of_a_grouped_incident_schedules_every_service(groupe
         ("5002", PublicationState.SCHEDULED, at),
     ]
     assert not [pk for name, pk in no_broker.sent if name == "publish"]
+
+
+def test_the_review_of_a_grouped_update_shows_the_order_on_every_incident_it_goes_to(
+    grouped, responder, approver, approver2, as_user
+):
+    _, api, dashboard = grouped
+    first = grouped_update(responder, api, description="Maintenance at 08:00.")
+    at = timezone.now() + timedelta(hours=2)
+    scheduled = workflow.approve(
+        draft_id=first.draft_id, revision_id=first.pk, reviewer=approver, sha256=first.sha256, publish_at=at
+    ).publications
+    # The next change is drafted from the API incident's page: it goes to Dashboard's incident too.
+    second = grouped_update(responder, api)
+    page = as_user(approver2).get(reverse("incidents:draft_review", kwargs={"pk": second.draft_id})).content.decode()
+    for publication in scheduled:
+        assert f"Publication #{publication.pk} of draft #{first.draft_id}" in page
+    assert 'id="order-5001"' in page and 'id="order-5002"' in page
+
+
+def test_the_review_of_a_removal_shows_the_order_on_its_incident(grouped, responder, approver, approver2, as_user):
+    _, api, dashboard = grouped
+    first = grouped_update(responder, api, description="Maintenance at 08:00.")
+    at = timezone.now() + timedelta(hours=2)
+    workflow.approve(draft_id=first.draft_id, revision_id=first.pk, reviewer=approver, sha256=first.sha256, publish_at=at)
+    removal = workflow.create_and_submit(
+        user=responder,
+        service=dashboard.service,
+        kind=DraftKind.REMOVE_SERVICE,
+        incident=dashboard,
+        fields={**FIELDS, "stage": "resolved", "description": "Dashboard is no longer affected."},
+    )
+    page = as_user(approver2).get(reverse("incidents:draft_review", kwargs={"pk": removal.draft_id})).content.decode()
+    assert 'id="order-5002"' in page and 'id="order-5001"' not in page
+    assert f"of draft #{first.draft_id}" in page
+
