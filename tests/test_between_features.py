@@ -199,3 +199,59 @@ def test_the_review_of_a_removal_shows_the_order_on_its_incident(grouped, respon
     assert 'id="order-5002"' in page and 'id="order-5001"' not in page
     assert f"of draft #{first.draft_id}" in page
 
+
+def test_cancelling_one_service_of_a_scheduled_grouped_update_leaves_the_others_and_the_page_says_so(
+    grouped, responder, approver, as_user, no_broker
+):
+    """Decided: a cancel is per publication (per service), like retry and abandon; the page says which service a
+    cancel button stops and that the draft's other scheduled publications stay scheduled."""
+    _, api, dashboard = grouped
+    revision = grouped_update(responder, api, description="Maintenance at 08:00.")
+    at = timezone.now() + timedelta(hours=2)
+    api_pub, dashboard_pub = workflow.approve(
+        draft_id=revision.draft_id, revision_id=revision.pk, reviewer=approver, sha256=revision.sha256, publish_at=at
+    ).publications
+    client = as_user(approver)
+    draft_url = reverse("incidents:draft_detail", kwargs={"pk": revision.draft_id})
+    page = client.get(draft_url).content.decode()
+    assert "Cancel the scheduled publication to API" in page
+    assert "Cancel the scheduled publication to Dashboard" in page
+    assert page.count("only this service") == 2
+    response = client.post(
+        reverse("incidents:publication_cancel", kwargs={"pk": api_pub.pk}), {"state": "scheduled", "next": draft_url}
+    )
+    assert response.status_code == 302
+    api_pub.refresh_from_db()
+    dashboard_pub.refresh_from_db()
+    assert (api_pub.state, dashboard_pub.state) == (PublicationState.ABANDONED, PublicationState.SCHEDULED)
+    draft = workflow.Draft.objects.get(pk=revision.draft_id)
+    assert draft.state == "approved"  # still waiting for its time on Dashboard
+    page = client.get(draft_url).content.decode()
+    assert "Cancel the scheduled publication to API" not in page
+    assert "Cancel the scheduled publication to Dashboard" in page
+
+
+def test_the_draft_and_incident_pages_offer_the_cancel_of_a_scheduled_publication_at_once(
+    api_service, responder, approver, as_user
+):
+    """The README promises the cancel on the draft's page; the blocks there (and on the incident page) were rendered
+    without it, so the button only appeared after the first poll (and never without JavaScript)."""
+    incident = IncidentFactory(service=api_service, remote_id="4242", title="API errors", severity="major")
+    [scheduled] = approved_update(
+        author=responder,
+        reviewer=approver,
+        incident=incident,
+        description="Maintenance at 08:00.",
+        publish_at=timezone.now() + timedelta(hours=1),
+    )
+    client = as_user(approver)
+    for url in (
+        reverse("incidents:draft_detail", kwargs={"pk": scheduled.draft_id}),
+        reverse("incidents:incident_detail", kwargs={"pk": incident.pk}),
+    ):
+        page = client.get(url).content.decode()
+        assert reverse("incidents:publication_cancel", kwargs={"pk": scheduled.pk}) in page, url
+        assert f'id="cancel-scope-{scheduled.pk}"' not in page  # one service: nothing else stays scheduled
+    assert reverse("incidents:publication_cancel", kwargs={"pk": scheduled.pk}) not in (
+        as_user(responder).get(reverse("incidents:draft_detail", kwargs={"pk": scheduled.draft_id})).content.decode()
+    )
