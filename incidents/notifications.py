@@ -12,7 +12,8 @@ Who hears what:
 - a review decision: the draft's author and the revision's submitter;
 - a publication that failed, needs attention or was duplicated: the team's approvers and the draft's author;
 - a break-glass publication: every other approver of the team, at once;
-- an incident whose next update is overdue: the authors of its drafts and the team's approvers;
+- an incident whose next update is overdue (a grouped one once): the authors and submitters of its drafts and the
+  team's approvers;
 - a revision waiting too long for review: every approver of the team.
 """
 
@@ -196,19 +197,26 @@ def break_glass_published(review: Review) -> Notification | None:
     )
 
 
-def update_overdue(incident: Incident, *, due_at_text: str, team: Team) -> Notification | None:
-    authors = get_user_model().objects.filter(
-        pk__in=Draft.objects.filter(Q(incident=incident) | Q(publications__remote_id=incident.remote_id or "-")).values(
-            "author"
-        )
+def update_overdue(
+    incident: Incident, *, due_at_text: str, team: Team, members: list[Incident] | None = None
+) -> Notification | None:
+    """The next update of ``incident`` is overdue; ``members``: every overdue service's incident of its group (one
+    email for one outage). Told: the team's approvers and the people of the incident's drafts — their authors and
+    whoever submitted them (an alert's draft is authored by a system user that has no address)."""
+    incidents = members or [incident]
+    remote_ids = [member.remote_id for member in incidents if member.remote_id]
+    drafts = Draft.objects.filter(Q(incident__in=incidents) | Q(publications__remote_id__in=remote_ids))
+    people = get_user_model().objects.filter(
+        Q(pk__in=drafts.values("author")) | Q(pk__in=Revision.objects.filter(draft__in=drafts).values("submitted_by"))
     )
+    names = ", ".join(dict.fromkeys(m.service.name for m in sorted(incidents, key=lambda m: (m.service.name, m.pk))))
     return queue(
         kind="update_overdue",
         team=team,
-        users=[*team_approvers(team), *authors],
-        subject=f"[isdown-admin] Update overdue: {incident.title} ({incident.service.name})",
+        users=[*team_approvers(team), *people],
+        subject=f"[isdown-admin] Update overdue: {incident.title} ({names})",
         body=(
-            f"The next public update of “{incident.title}” ({incident.service.name}, {team.name}) was due at "
+            f"The next public update of “{incident.title}” ({names}, {team.name}) was due at "
             f"{due_at_text} and none has been approved since.\n\n"
             f"Write one: {_link('incidents:update_new', pk=incident.pk)}\n"
             f"The incident: {_link('incidents:incident_detail', pk=incident.pk)}\n"

@@ -11,8 +11,15 @@ import respx
 from django.urls import reverse
 from django.utils import timezone
 
-from incidents import alerts, publishing, workflow
-from incidents.models import DraftKind, IncidentGroup, Notification, PublicationState
+from incidents import alerts, publishing, reminders, workflow
+from incidents.models import (
+    AuditEvent,
+    DraftKind,
+    IncidentGroup,
+    Notification,
+    PublicationState,
+    UpdateReminder,
+)
 
 from .factories import IncidentFactory
 from .test_break_glass import code_at, enrolled
@@ -255,3 +262,38 @@ def test_the_draft_and_incident_pages_offer_the_cancel_of_a_scheduled_publicatio
     assert reverse("incidents:publication_cancel", kwargs={"pk": scheduled.pk}) not in (
         as_user(responder).get(reverse("incidents:draft_detail", kwargs={"pk": scheduled.draft_id})).content.decode()
     )
+
+
+# --- 4. Reminders of a grouped incident: one clock, one email ------------------------------------------------------
+def test_an_overdue_grouped_incident_is_emailed_once_not_once_per_service(grouped, responder, approver, no_broker):
+    group, api, dashboard = grouped
+    revision = grouped_update(responder, api)
+    workflow.approve(draft_id=revision.draft_id, revision_id=revision.pk, reviewer=approver, sha256=revision.sha256)
+    api.refresh_from_db()
+    dashboard.refresh_from_db()
+    assert api.next_update_due_at == dashboard.next_update_due_at  # one approval restarts every service's clock
+    due = api.next_update_due_at
+    assert reminders.run(now=due + timedelta(seconds=1))["overdue_updates"] == 1
+    [email] = Notification.objects.filter(kind="update_overdue")
+    assert "API, Dashboard" in email.subject
+    assert sorted(email.recipients) == sorted([approver.email, responder.email])
+    assert UpdateReminder.objects.filter(incident__group=group).count() == 2  # each told, once per due time
+    [event] = AuditEvent.objects.filter(action="incident.update_overdue")
+    assert "API, Dashboard" in event.summary
+    assert reminders.run(now=due + timedelta(minutes=5))["overdue_updates"] == 0
+    assert Notification.objects.filter(kind="update_overdue").count() == 1
+
+
+def test_moving_the_next_update_of_a_grouped_incident_moves_every_open_service(grouped, responder, no_broker):
+    group, api, dashboard = grouped
+    now = timezone.now()
+    for member in (api, dashboard):
+        member.next_update_due_at = now - timedelta(minutes=1)
+        member.save(update_fields=["next_update_due_at"])
+    reminders.set_next_update_due(incident_id=api.pk, user=responder, minutes=45, now=now)
+    dashboard.refresh_from_db()
+    assert dashboard.next_update_due_at == now + timedelta(minutes=45)
+    assert reminders.run(now=now + timedelta(minutes=1))["overdue_updates"] == 0
+    assert not Notification.objects.filter(kind="update_overdue").exists()
+    [event] = AuditEvent.objects.filter(action="incident.next_update_due_set")
+    assert "API, Dashboard" in event.summary
