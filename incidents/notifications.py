@@ -10,7 +10,8 @@ dies after sending and before recording sends that email again.
 Who hears what:
 - a submitted revision: the team's approvers other than its author and last editor;
 - a review decision: the draft's author and the revision's submitter;
-- a publication that failed, needs attention or was duplicated: the team's approvers and the draft's author;
+- a publication that failed, needs attention or was duplicated: the team's approvers, the draft's author and the
+  revision's submitter;
 - a break-glass publication: every other approver of the team, at once;
 - an incident whose next update is overdue (a grouped one once): the authors and submitters of its drafts and the
   team's approvers;
@@ -154,7 +155,8 @@ def publication_needs_human(publication: Publication, *, reason: str, waiting: i
     changes to the same IsDown incident go out after it (publishing.behind, in the order they are due)."""
     draft = publication.draft
     label, meaning = HUMAN_STATE_WORDS.get(PublicationState(publication.state), ("Needs a human", ""))
-    users = [*team_approvers(publication.team), draft.author]
+    # The author, and whoever submitted the revision (an alert's draft is authored by a user without an address).
+    users = [*team_approvers(publication.team), draft.author, publication.revision.submitted_by]
     body = (
         f"{label}: publication #{publication.pk} of draft #{draft.pk} "
         f"({draft.title or draft.get_kind_display()}, {publication.service.name}, {publication.team.name}).\n\n"

@@ -297,3 +297,19 @@ def test_moving_the_next_update_of_a_grouped_incident_moves_every_open_service(g
     assert not Notification.objects.filter(kind="update_overdue").exists()
     [event] = AuditEvent.objects.filter(action="incident.next_update_due_set")
     assert "API, Dashboard" in event.summary
+
+
+def test_a_failed_publication_of_an_alert_draft_is_emailed_to_its_submitter(
+    settings, platform, api_service, responder, approver
+):
+    settings.ISDOWN_API_URL = "http://isdown.test"
+    draft = alert_draft(platform, approver, api_service)
+    revision = workflow.submit(draft_id=draft.pk, user=responder)
+    [publication] = workflow.approve(
+        draft_id=draft.pk, revision_id=revision.pk, reviewer=approver, sha256=revision.sha256
+    ).publications
+    with respx.mock(base_url="http://isdown.test") as isdown_api:
+        isdown_api.post("/api/v2/incidents").respond(422, json={"errors": [{"status": 422, "detail": "Bad title"}]})
+        publishing.process(publication_id=publication.pk)
+    told = Notification.objects.get(kind="publication_failed")
+    assert responder.email in told.recipients
