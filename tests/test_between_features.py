@@ -11,17 +11,19 @@ import respx
 from django.urls import reverse
 from django.utils import timezone
 
-from incidents import alerts, publishing, reminders, workflow
+from incidents import alerts, draft_templates, publishing, reminders, workflow
 from incidents.models import (
     AuditEvent,
     DraftKind,
+    DraftTemplate,
     IncidentGroup,
+    IncidentUpdate,
     Notification,
     PublicationState,
     UpdateReminder,
 )
 
-from .factories import IncidentFactory
+from .factories import IncidentFactory, ServiceFactory
 from .test_break_glass import code_at, enrolled
 
 pytestmark = pytest.mark.django_db
@@ -122,6 +124,11 @@ def grouped(api_service, dashboard_service, platform):
     return group, api, dashboard
 
 
+@pytest.fixture
+def status_service(platform):
+    return ServiceFactory(team=platform, name="Status API", isdown_service_id=1003)
+
+
 def grouped_update(author, incident, description="Cause identified: a bad deploy, rolled back."):
     fields = {**FIELDS, "description": description, "stage": "identified"}
     return workflow.create_and_submit(
@@ -194,7 +201,9 @@ def test_the_review_of_a_removal_shows_the_order_on_its_incident(grouped, respon
     _, api, dashboard = grouped
     first = grouped_update(responder, api, description="Maintenance at 08:00.")
     at = timezone.now() + timedelta(hours=2)
-    workflow.approve(draft_id=first.draft_id, revision_id=first.pk, reviewer=approver, sha256=first.sha256, publish_at=at)
+    workflow.approve(
+        draft_id=first.draft_id, revision_id=first.pk, reviewer=approver, sha256=first.sha256, publish_at=at
+    )
     removal = workflow.create_and_submit(
         user=responder,
         service=dashboard.service,
@@ -313,3 +322,103 @@ def test_a_failed_publication_of_an_alert_draft_is_emailed_to_its_submitter(
         publishing.process(publication_id=publication.pk)
     told = Notification.objects.get(kind="publication_failed")
     assert responder.email in told.recipients
+
+
+# --- 5. Corrections, templates and the lint on a grouped incident's drafts -----------------------------------------
+def test_a_correction_of_a_grouped_incident_fans_out_like_any_update(grouped, responder):
+    _, api, dashboard = grouped
+    for member in (api, dashboard):
+        IncidentUpdate.objects.create(
+            incident=member,
+            position=0,
+            stage="investigating",
+            description="We are lookng.",
+            remote_created_at=timezone.now(),
+        )
+    revision = workflow.create_and_submit(
+        user=responder,
+        service=api.service,
+        kind=DraftKind.UPDATE,
+        incident=api,
+        fields={**FIELDS, "description": "Correction: We are looking.", "stage": "investigating"},
+        corrects_position=0,
+    )
+    assert [r.target_remote_id for r in revision.requests.order_by("position")] == ["5001", "5002"]
+    assert revision.draft.corrects_position == 0
+
+
+def picker_options(page: str) -> str:
+    start = page.index('id="id_template"')
+    return page[start : page.index("</select>", start)]
+
+
+def test_the_template_picker_keeps_an_add_or_remove_page_what_it_is(
+    grouped, responder, platform, status_service, as_user
+):
+    """Picking a template reloads the page with ?template=: the add-a-service and remove-a-service pages must stay
+    themselves (they became a plain update of every service), and offer the templates that fit: a new incident's for
+    an added service (a create on it), a resolve's for a removed one."""
+    _, api, dashboard = grouped
+    opening = DraftTemplate.objects.create(
+        team=platform, kind="open", name="Outage", title="{services} unavailable", description="{services} is down."
+    )
+    resolving = DraftTemplate.objects.create(
+        team=platform, kind="resolve", name="Fixed", description="{services} works again since {now}."
+    )
+    DraftTemplate.objects.create(team=platform, kind="update", name="Identified", stage="identified", description="x")
+    client = as_user(responder)
+    add_url = reverse("incidents:update_new", kwargs={"pk": api.pk})
+    page = client.get(f"{add_url}?add={status_service.pk}").content.decode()
+    assert f'<input type="hidden" name="add" value="{status_service.pk}">' in page
+    assert "Outage" in picker_options(page) and "Fixed" not in picker_options(page)
+    page = client.get(f"{add_url}?add={status_service.pk}&template={opening.pk}").content.decode()
+    assert 'id="fanout-targets"' in page and f"{status_service.name} gets an IsDown incident" in page
+    assert "Status API is down." in page  # {services}: the added service
+
+    remove_url = reverse("incidents:update_new", kwargs={"pk": dashboard.pk})
+    page = client.get(f"{remove_url}?remove=1").content.decode()
+    assert '<input type="hidden" name="remove" value="1">' in page
+    assert "Fixed" in picker_options(page) and "Outage" not in picker_options(page)
+    page = client.get(f"{remove_url}?remove=1&template={resolving.pk}").content.decode()
+    assert "Resolves Dashboard's IsDown incident #5002" in page
+    assert "Dashboard works again since" in page  # {services}: the removed service only
+
+
+def test_an_update_template_on_a_grouped_incident_names_every_service_it_goes_to(grouped, responder, platform, as_user):
+    _, api, dashboard = grouped
+    template = DraftTemplate.objects.create(
+        team=platform, kind="update", name="Identified", stage="identified", description="{services}: cause found."
+    )
+    page = (
+        as_user(responder)
+        .get(reverse("incidents:update_new", kwargs={"pk": dashboard.pk}) + f"?template={template.pk}")
+        .content.decode()
+    )
+    assert "API, Dashboard: cause found." in page
+    resolve = draft_templates.resolve_default(platform, dashboard)
+    assert resolve is None  # no resolve template: the usual words
+    DraftTemplate.objects.create(team=platform, kind="resolve", name="Fixed", description="{services} work again.")
+    assert draft_templates.resolve_default(platform, dashboard)["description"] == "API, Dashboard work again."
+
+
+def test_the_lint_checks_a_removal_and_an_added_service(grouped, responder, status_service, as_user):
+    _, api, dashboard = grouped
+    client = as_user(responder)
+    url = reverse("incidents:update_new", kwargs={"pk": dashboard.pk}) + "?remove=1"
+    response = client.post(
+        url,
+        {"action": "validate", "title": "API errors", "severity": "major", "stage": "resolved", "description": "test"},
+    )
+    assert "resolve-text" in response.content.decode()
+    url = reverse("incidents:update_new", kwargs={"pk": api.pk}) + f"?add={status_service.pk}"
+    response = client.post(
+        url,
+        {
+            "action": "validate",
+            "title": "API errors",
+            "severity": "major",
+            "stage": "identified",
+            "description": "db-1.corp is down",
+        },
+    )
+    assert "internal-host" in response.content.decode()
