@@ -439,6 +439,12 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             if draft.kind == DraftKind.OPEN:
                 raise InvalidTransition("Nothing to send: every service of this draft is already on IsDown.")
             raise InvalidTransition("Nothing to send: change the title or severity, or write an update.")
+        adopters = [pk for pk in _adopters(draft, user) if pk not in draft.editors]
+        if adopters:
+            # Adopting an alert's draft makes the submitter a co-author for good, as a save does: the dashboard
+            # then lists it under their drafts, never under the reviews they may not take.
+            draft.editors = [*draft.editors, *adopters]
+            Draft.objects.filter(pk=draft.pk).update(editors=draft.editors)
         previous = latest_revision(draft)
         revision = Revision.objects.create(
             draft=draft,
@@ -449,7 +455,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             ),
             author=draft.author,
             last_editor=draft.last_editor,
-            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id, *_adopters(draft, user)}),
+            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id}),
             submitted_by=user,
         )
         RevisionRequest.objects.bulk_create(
@@ -477,6 +483,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
                 **_state_change(old_state, draft.state),
                 "revision": [None, revision.number],
                 "requests": [None, [f"{t.request.method} {t.request.path} ({t.service.name})" for t in targets]],
+                **({"adopted_by": [None, user.get_username()]} if adopters else {}),
             },
         )
         notifications.revision_submitted(revision)

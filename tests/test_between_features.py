@@ -11,7 +11,7 @@ import respx
 from django.urls import reverse
 from django.utils import timezone
 
-from incidents import alerts, draft_templates, publishing, reminders, workflow
+from incidents import alerts, draft_templates, publishing, reminders, selectors, workflow
 from incidents.models import (
     AuditEvent,
     DraftKind,
@@ -422,3 +422,20 @@ def test_the_lint_checks_a_removal_and_an_added_service(grouped, responder, stat
         },
     )
     assert "internal-host" in response.content.decode()
+
+
+# --- 6. Found by reading ---------------------------------------------------------------------------------------------
+def test_whoever_submits_an_alert_draft_follows_it_and_is_not_asked_to_review_it(
+    platform, api_service, approver, approver2, as_user
+):
+    """Submitting an alert's draft adopts it (a co-author: four eyes); the dashboard listed it under the adopter's
+    "awaiting my review" (where approving is refused) and not under their own drafts."""
+    draft = alert_draft(platform, approver, api_service)
+    workflow.submit(draft_id=draft.pk, user=approver)
+    assert draft.pk not in [d.pk for d in selectors.awaiting_review(approver)]
+    assert draft.pk in [d.pk for d in selectors.awaiting_review(approver2)]
+    dashboard = as_user(approver).get(reverse("incidents:dashboard"))
+    assert draft.pk in [d.pk for d in dashboard.context["my_drafts"]]
+    assert draft.pk not in [d.pk for d in dashboard.context["reviews"]]
+    [submitted] = AuditEvent.objects.filter(action="draft.submitted")
+    assert submitted.changes["adopted_by"] == [None, "approver"]
