@@ -729,8 +729,9 @@ def break_glass(
         raise NotAllowed("Write why this cannot wait for a second approver: a reason is required.")
     if not mfa.has_totp(user):
         raise MfaRequired("Break-glass needs an authenticator app: enrol one first.")
-    # Cheap refusals first, so a code is not spent on a draft that cannot be published.
+    # Cheap refusals first, so a code is not spent on a draft that cannot be published (checked again, locked).
     _require_state(draft, REVIEWABLE_DRAFT_STATES, "publish without review")
+    _check_break_glass(latest_revision(draft), revision_id=revision_id, sha256=sha256, user=user)
     try:
         mfa.verify_fresh(
             user=user, code=totp_code, team=draft.team, purpose=f"break the glass on draft #{draft_id}", now=now
@@ -741,14 +742,8 @@ def break_glass(
         draft = _locked(draft_id)
         _require_state(draft, REVIEWABLE_DRAFT_STATES, "publish without review")
         revision = latest_revision(draft)
-        if revision is None or revision.pk != revision_id:
-            raise StaleRevision("This revision is no longer the one in review; reload to see the current one.")
-        if sha256 != revision.sha256:
-            raise StaleRevision("The request you reviewed is not the one in review (its SHA-256 differs); reload.")
-        if user.pk not in revision.editors and user.pk not in (revision.author_id, revision.last_editor_id):
-            raise NotAllowed(
-                "You did not write or edit this draft: approve it instead. Break-glass is only for your own."
-            )
+        _check_break_glass(revision, revision_id=revision_id, sha256=sha256, user=user)
+        assert revision is not None
         result = _record_decision(
             draft=draft,
             revision=revision,
@@ -763,6 +758,16 @@ def break_glass(
         )
         notifications.break_glass_published(result.review)
     return result
+
+
+def _check_break_glass(revision: Revision | None, *, revision_id: int, sha256: str, user) -> None:
+    """The revision in review is the one the approver saw (its id and hash), and it is theirs."""
+    if revision is None or revision.pk != revision_id:
+        raise StaleRevision("This revision is no longer the one in review; reload to see the current one.")
+    if sha256 != revision.sha256:
+        raise StaleRevision("The request you reviewed is not the one in review (its SHA-256 differs); reload.")
+    if user.pk not in revision.editors and user.pk not in (revision.author_id, revision.last_editor_id):
+        raise NotAllowed("You did not write or edit this draft: approve it instead. Break-glass is only for your own.")
 
 
 def post_review(*, review_id: int, user, comment: str = "") -> BreakGlassPostReview:

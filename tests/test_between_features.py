@@ -439,3 +439,39 @@ def test_whoever_submits_an_alert_draft_follows_it_and_is_not_asked_to_review_it
     assert draft.pk not in [d.pk for d in dashboard.context["reviews"]]
     [submitted] = AuditEvent.objects.filter(action="draft.submitted")
     assert submitted.changes["adopted_by"] == [None, "approver"]
+
+
+def test_a_break_glass_refused_for_a_stale_revision_does_not_spend_the_code(own_bg, approver, no_broker):
+    """At 3 a.m. the page was stale (a newer revision is in review): the refusal must not cost the code, or the
+    approver waits for the next one on the retry."""
+    revision, now = own_bg
+    code = code_at(now)
+    with pytest.raises(workflow.StaleRevision):
+        workflow.break_glass(
+            draft_id=revision.draft_id,
+            revision_id=revision.pk,
+            user=approver,
+            sha256="0" * 64,
+            reason="Nobody answers.",
+            totp_code=code,
+            now=now,
+        )
+    decision = workflow.break_glass(
+        draft_id=revision.draft_id,
+        revision_id=revision.pk,
+        user=approver,
+        sha256=revision.sha256,
+        reason="Nobody answers.",
+        totp_code=code,
+        now=now,
+    )
+    assert decision.review.decision == "break_glass"
+
+
+@pytest.fixture
+def own_bg(approver, api_service):
+    draft = workflow.create(user=approver, service=api_service, kind=DraftKind.OPEN, fields=FIELDS)
+    revision = workflow.submit(draft_id=draft.pk, user=approver)
+    now = timezone.now()
+    enrolled(approver, now - timedelta(minutes=5))
+    return revision, now
