@@ -19,6 +19,7 @@ from incidents.models import (
     IncidentGroup,
     IncidentUpdate,
     Notification,
+    Publication,
     PublicationState,
     UpdateReminder,
 )
@@ -475,3 +476,54 @@ def own_bg(approver, api_service):
     now = timezone.now()
     enrolled(approver, now - timedelta(minutes=5))
     return revision, now
+
+
+def test_a_resolved_alert_proposes_the_resolve_of_a_grouped_incident_one_service_of_which_was_removed(
+    platform, api_service, dashboard_service, responder, approver, approver2
+):
+    """The alert's draft was widened to API and Dashboard; Dashboard was then removed from the incident (its IsDown
+    incident resolved). The outage is still open on API: the resolved alert proposes its resolve (which fans out to
+    every open service)."""
+    draft = alert_draft(platform, approver, api_service)
+    draft = workflow.save(
+        draft_id=draft.pk,
+        user=responder,
+        expected_version=draft.version,
+        fields=workflow.draft_fields(draft),
+        also_services=[dashboard_service],
+    )
+    revision = workflow.submit(draft_id=draft.pk, user=responder)
+    decision = workflow.approve(draft_id=draft.pk, revision_id=revision.pk, reviewer=approver, sha256=revision.sha256)
+    group = workflow.Draft.objects.get(pk=draft.pk).group
+    for n, publication in enumerate(decision.publications):
+        incident = IncidentFactory(
+            service=publication.service, remote_id=f"800{n}", title=draft.title, group=group, resolved=n == 1
+        )
+        Publication.objects.filter(pk=publication.pk).update(state=PublicationState.PUBLISHED, incident=incident)
+    alert = alerts.Alert(
+        source="uptime-checker",
+        status="resolved",
+        fingerprint="api-down-1",
+        key="api-down-1",
+        labels={"service": "api"},
+    )
+    [outcome] = alerts.receive(team=platform, alerts=[alert])
+    assert outcome["outcome"] == "draft_created", outcome
+    resolve = workflow.Draft.objects.get(pk=outcome["draft"])
+    assert resolve.incident.remote_id == "8000" and resolve.stage == "resolved"
+    assert resolve.service == api_service
+    assert "API, " not in resolve.description  # Dashboard is resolved: only the open service is named
+
+
+def test_the_resolve_an_alert_proposes_for_a_grouped_incident_names_every_open_service(
+    grouped, platform, api_service, approver
+):
+    group, api, dashboard = grouped
+    alerts.rotate_token(team=platform, user=approver)
+    alerts.add_route(team=platform, user=approver, label_name="service", label_value="api", service=api_service)
+    assert (
+        "API, Dashboard"
+        in alerts._draft_fields(
+            alerts.Alert(source="x", status="resolved", fingerprint="f", key="f"), api_service, api
+        )["description"]
+    )
