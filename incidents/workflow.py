@@ -304,7 +304,14 @@ def _also_service_ids(service: Service, also_services: list[Service] | tuple[Ser
     return ids
 
 
-def _check_addable(incident: Incident, service: Service) -> None:
+# An add- or remove-a-service draft on its way (approved, its request not settled).
+ON_ITS_WAY_DRAFT_STATES = (DraftState.APPROVED, DraftState.PUBLISHING, DraftState.FAILED, DraftState.NEEDS_ATTENTION)
+
+
+def _check_addable(incident: Incident, service: Service, *, draft_id: int | None = None) -> None:
+    """A service joins an incident once: not while it is part of it, nor while another approved add-a-service draft
+    is creating its incident (two responders adding it at once made two IsDown incidents for it). Checked when the
+    draft is started, submitted and approved (under the incident's row lock)."""
     if service.team_id != incident.service.team_id:
         raise NotAllowed(f"{service.name} belongs to another team: one incident stays within one team.")
     if incident.resolved:
@@ -312,6 +319,13 @@ def _check_addable(incident: Incident, service: Service) -> None:
     covered = {member.service_id for member in open_members(incident)}
     if service.pk in covered:
         raise InvalidTransition(f"{service.name} is already part of this incident.")
+    same_incident = Q(incident__group_id=incident.group_id) if incident.group_id else Q(incident_id=incident.pk)
+    adding = Draft.objects.filter(
+        same_incident, kind=DraftKind.ADD_SERVICE, service=service, state__in=ON_ITS_WAY_DRAFT_STATES
+    ).exclude(pk=draft_id)
+    other = adding.values_list("pk", flat=True).first()
+    if other is not None:
+        raise InvalidTransition(f"{service.name} is being added to this incident already (draft #{other}).")
 
 
 def removal_problem(incident: Incident) -> str | None:
@@ -323,10 +337,21 @@ def removal_problem(incident: Incident) -> str | None:
     return None
 
 
-def _check_removable(incident: Incident) -> None:
+def _check_removable(incident: Incident, *, draft_id: int | None = None) -> None:
     problem = removal_problem(incident)
     if problem is not None:
         raise InvalidTransition(problem)
+    if draft_id is not None:
+        other = (
+            Draft.objects.filter(incident=incident, kind=DraftKind.REMOVE_SERVICE, state__in=ON_ITS_WAY_DRAFT_STATES)
+            .exclude(pk=draft_id)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if other is not None:
+            raise InvalidTransition(
+                f"{incident.service.name} is being removed from this incident already (draft #{other})."
+            )
 
 
 def create_and_submit(
@@ -434,6 +459,12 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
         # A draft on an incident always has it (the draft_kind_matches_incident constraint); an open one never.
         if draft.kind in INCIDENT_DRAFT_KINDS and (draft.incident is None or not draft.incident.remote_id):
             raise InvalidTransition("This incident is not on IsDown yet.")
+        # What was true when the draft was started may not be any more (another draft added the service, the
+        # service's incident was resolved meanwhile).
+        if draft.kind == DraftKind.ADD_SERVICE and draft.incident is not None:
+            _check_addable(draft.incident, draft.service, draft_id=draft.pk)
+        if draft.kind == DraftKind.REMOVE_SERVICE and draft.incident is not None:
+            _check_removable(draft.incident, draft_id=draft.pk)
         targets = draft_targets(draft)
         if not targets:
             if draft.kind == DraftKind.OPEN:
@@ -651,6 +682,12 @@ def _record_decision(
         assert draft.incident is not None
         group = Q(group_id=draft.incident.group_id) if draft.incident.group_id else Q(pk=draft.incident_id)
         list(Incident.objects.select_for_update(no_key=True).filter(group | Q(pk=draft.incident_id)).order_by("pk"))
+        if draft.kind == DraftKind.ADD_SERVICE:
+            # Under the lock: another approval may have added the service (or grouped the incident) since the draft
+            # was loaded.
+            _check_addable(Incident.objects.get(pk=draft.incident_id), draft.service, draft_id=draft.pk)
+        if draft.kind == DraftKind.REMOVE_SERVICE:
+            _check_removable(Incident.objects.select_related("service").get(pk=draft.incident_id), draft_id=draft.pk)
     review = Review.objects.create(
         revision=revision,
         reviewer=reviewer,

@@ -527,3 +527,55 @@ def test_the_resolve_an_alert_proposes_for_a_grouped_incident_names_every_open_s
             alerts.Alert(source="x", status="resolved", fingerprint="f", key="f"), api_service, api
         )["description"]
     )
+
+
+def test_a_service_is_added_to_an_incident_once_even_when_two_responders_draft_it(
+    grouped, responder, approver, approver2, status_service, no_broker
+):
+    """Two responders click "Add Status API" at 3 a.m.: two drafts. Approving both made two IsDown incidents for
+    Status API in one group (and every later update went to both). The second is refused once the first is approved."""
+    _, api, dashboard = grouped
+    fields = {**FIELDS, "description": "Status API is affected too."}
+    first = workflow.create_and_submit(
+        user=responder, service=status_service, kind=DraftKind.ADD_SERVICE, fields=fields, incident=api
+    )
+    second = workflow.create_and_submit(
+        user=approver2, service=status_service, kind=DraftKind.ADD_SERVICE, fields=fields, incident=dashboard
+    )
+    workflow.approve(draft_id=first.draft_id, revision_id=first.pk, reviewer=approver, sha256=first.sha256)
+    with pytest.raises(workflow.InvalidTransition, match="Status API is being added to this incident already"):
+        workflow.approve(draft_id=second.draft_id, revision_id=second.pk, reviewer=approver, sha256=second.sha256)
+    assert Publication.objects.filter(service=status_service).count() == 1
+    # Nor can a third be started or submitted while the first is on its way.
+    with pytest.raises(workflow.InvalidTransition, match="being added"):
+        workflow.create(user=responder, service=status_service, kind=DraftKind.ADD_SERVICE, fields=fields, incident=api)
+
+
+def test_a_removal_is_not_submitted_once_its_service_is_resolved(grouped, responder):
+    _, api, dashboard = grouped
+    draft = workflow.create(
+        user=responder,
+        service=dashboard.service,
+        kind=DraftKind.REMOVE_SERVICE,
+        incident=dashboard,
+        fields={**FIELDS, "stage": "resolved", "description": "Dashboard is no longer affected."},
+    )
+    dashboard.resolved = True  # meanwhile the whole incident was resolved
+    dashboard.save(update_fields=["resolved"])
+    with pytest.raises(workflow.InvalidTransition, match="already resolved"):
+        workflow.submit(draft_id=draft.pk, user=responder)
+
+
+def test_a_service_is_removed_once_even_when_two_responders_draft_it(grouped, responder, approver, approver2):
+    _, api, dashboard = grouped
+    fields = {**FIELDS, "stage": "resolved", "description": "Dashboard is no longer affected."}
+    first, second = (
+        workflow.create_and_submit(
+            user=user, service=dashboard.service, kind=DraftKind.REMOVE_SERVICE, fields=fields, incident=dashboard
+        )
+        for user in (responder, approver2)
+    )
+    workflow.approve(draft_id=first.draft_id, revision_id=first.pk, reviewer=approver, sha256=first.sha256)
+    with pytest.raises(workflow.InvalidTransition, match="being removed from this incident already"):
+        workflow.approve(draft_id=second.draft_id, revision_id=second.pk, reviewer=approver, sha256=second.sha256)
+    assert Publication.objects.filter(target_remote_id="5002").count() == 1
