@@ -322,7 +322,9 @@ def _check_addable(incident: Incident, service: Service, *, draft_id: int | None
     same_incident = Q(incident__group_id=incident.group_id) if incident.group_id else Q(incident_id=incident.pk)
     adding = Draft.objects.filter(
         same_incident, kind=DraftKind.ADD_SERVICE, service=service, state__in=ON_ITS_WAY_DRAFT_STATES
-    ).exclude(pk=draft_id)
+    )
+    if draft_id is not None:
+        adding = adding.exclude(pk=draft_id)
     other = adding.values_list("pk", flat=True).first()
     if other is not None:
         raise InvalidTransition(f"{service.name} is being added to this incident already (draft #{other}).")

@@ -140,7 +140,7 @@ def grouped_update(author, incident, description="Cause identified: a bad deploy
 def test_break_glass_on_a_grouped_incident_publishes_to_every_open_service_and_says_so(
     grouped, approver, approver2, no_broker, django_capture_on_commit_callbacks
 ):
-    _, api, dashboard = grouped
+    _, api, _dashboard = grouped
     revision = grouped_update(approver, api)
     now = timezone.now()
     enrolled(approver, now - timedelta(minutes=5))
@@ -168,7 +168,7 @@ def test_break_glass_on_a_grouped_incident_publishes_to_every_open_service_and_s
 
 
 def test_a_scheduled_update_of_a_grouped_incident_schedules_every_service(grouped, responder, approver, no_broker):
-    _, api, dashboard = grouped
+    _, _api, dashboard = grouped
     revision = grouped_update(responder, dashboard)
     at = timezone.now() + timedelta(hours=2)
     decision = workflow.approve(
@@ -184,7 +184,7 @@ def test_a_scheduled_update_of_a_grouped_incident_schedules_every_service(groupe
 def test_the_review_of_a_grouped_update_shows_the_order_on_every_incident_it_goes_to(
     grouped, responder, approver, approver2, as_user
 ):
-    _, api, dashboard = grouped
+    _, api, _dashboard = grouped
     first = grouped_update(responder, api, description="Maintenance at 08:00.")
     at = timezone.now() + timedelta(hours=2)
     scheduled = workflow.approve(
@@ -222,7 +222,7 @@ def test_cancelling_one_service_of_a_scheduled_grouped_update_leaves_the_others_
 ):
     """Decided: a cancel is per publication (per service), like retry and abandon; the page says which service a
     cancel button stops and that the draft's other scheduled publications stay scheduled."""
-    _, api, dashboard = grouped
+    _, api, _dashboard = grouped
     revision = grouped_update(responder, api, description="Maintenance at 08:00.")
     at = timezone.now() + timedelta(hours=2)
     api_pub, dashboard_pub = workflow.approve(
@@ -295,7 +295,7 @@ def test_an_overdue_grouped_incident_is_emailed_once_not_once_per_service(groupe
 
 
 def test_moving_the_next_update_of_a_grouped_incident_moves_every_open_service(grouped, responder, no_broker):
-    group, api, dashboard = grouped
+    _group, api, dashboard = grouped
     now = timezone.now()
     for member in (api, dashboard):
         member.next_update_due_at = now - timedelta(minutes=1)
@@ -386,7 +386,7 @@ def test_the_template_picker_keeps_an_add_or_remove_page_what_it_is(
 
 
 def test_an_update_template_on_a_grouped_incident_names_every_service_it_goes_to(grouped, responder, platform, as_user):
-    _, api, dashboard = grouped
+    _, _api, dashboard = grouped
     template = DraftTemplate.objects.create(
         team=platform, kind="update", name="Identified", stage="identified", description="{services}: cause found."
     )
@@ -518,7 +518,7 @@ def test_a_resolved_alert_proposes_the_resolve_of_a_grouped_incident_one_service
 def test_the_resolve_an_alert_proposes_for_a_grouped_incident_names_every_open_service(
     grouped, platform, api_service, approver
 ):
-    group, api, dashboard = grouped
+    _group, api, _dashboard = grouped
     alerts.rotate_token(team=platform, user=approver)
     alerts.add_route(team=platform, user=approver, label_name="service", label_value="api", service=api_service)
     assert (
@@ -552,7 +552,7 @@ def test_a_service_is_added_to_an_incident_once_even_when_two_responders_draft_i
 
 
 def test_a_removal_is_not_submitted_once_its_service_is_resolved(grouped, responder):
-    _, api, dashboard = grouped
+    _, _api, dashboard = grouped
     draft = workflow.create(
         user=responder,
         service=dashboard.service,
@@ -567,7 +567,7 @@ def test_a_removal_is_not_submitted_once_its_service_is_resolved(grouped, respon
 
 
 def test_a_service_is_removed_once_even_when_two_responders_draft_it(grouped, responder, approver, approver2):
-    _, api, dashboard = grouped
+    _, _api, dashboard = grouped
     fields = {**FIELDS, "stage": "resolved", "description": "Dashboard is no longer affected."}
     first, second = (
         workflow.create_and_submit(
