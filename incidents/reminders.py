@@ -105,9 +105,22 @@ def set_next_update_due(*, incident_id: int, user: User, minutes: int, now: date
 
 
 def _start_clocks(now: datetime) -> int:
-    """Give every open incident without a due time one: its last activity plus its team's interval."""
+    """Give every open incident without a due time one: a grouped incident's service added later joins its group's
+    clock (one outage, one due time); any other, its last activity plus its team's interval."""
+    group_due = Subquery(
+        Incident.objects.filter(group_id=OuterRef("group_id"), resolved=False, next_update_due_at__isnull=False)
+        .order_by("next_update_due_at")
+        .values("next_update_due_at")[:1]
+    )
+    joined = (
+        Incident.objects.filter(resolved=False, next_update_due_at__isnull=True, group__isnull=False)
+        .annotate(group_due=group_due)
+        .filter(group_due__isnull=False)
+        .values("pk")
+    )
+    started = Incident.objects.filter(pk__in=joined).update(next_update_due_at=group_due)
     interval = Subquery(Service.objects.filter(pk=OuterRef("service_id")).values("team__update_interval_minutes")[:1])
-    return Incident.objects.filter(resolved=False, next_update_due_at__isnull=True).update(
+    return started + Incident.objects.filter(resolved=False, next_update_due_at__isnull=True).update(
         next_update_due_at=ExpressionWrapper(F("last_activity_at") + _minutes(interval), output_field=DateTimeField())
     )
 

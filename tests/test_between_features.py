@@ -579,3 +579,19 @@ def test_a_service_is_removed_once_even_when_two_responders_draft_it(grouped, re
     with pytest.raises(workflow.InvalidTransition, match="being removed from this incident already"):
         workflow.approve(draft_id=second.draft_id, revision_id=second.pk, reviewer=approver, sha256=second.sha256)
     assert Publication.objects.filter(target_remote_id="5002").count() == 1
+
+
+def test_a_service_added_to_an_incident_joins_the_incidents_clock(grouped, approver, no_broker):
+    """A service added later gets its IsDown incident with no due time: it takes the group's, not its own last
+    activity plus the interval (which made a second overdue email for the same outage at another time)."""
+    _, api, dashboard = grouped
+    due = timezone.now() + timedelta(minutes=7)
+    api.next_update_due_at = due
+    api.save(update_fields=["next_update_due_at"])
+    assert dashboard.next_update_due_at is None  # just published by an add-a-service draft
+    reminders.run(now=timezone.now())
+    dashboard.refresh_from_db()
+    assert dashboard.next_update_due_at == due
+    assert reminders.run(now=due + timedelta(seconds=1))["overdue_updates"] == 1
+    [email] = Notification.objects.filter(kind="update_overdue")
+    assert "API, Dashboard" in email.subject
