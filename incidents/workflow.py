@@ -684,6 +684,9 @@ def _record_decision(
         assert draft.incident is not None
         group = Q(group_id=draft.incident.group_id) if draft.incident.group_id else Q(pk=draft.incident_id)
         list(Incident.objects.select_for_update(no_key=True).filter(group | Q(pk=draft.incident_id)).order_by("pk"))
+        # The approval the lock waited for may have grouped the incident (a service added at the same moment): the
+        # group read before the lock is stale, and this decision must join that group, not start another.
+        draft.incident.refresh_from_db(fields=["group"])
         if draft.kind == DraftKind.ADD_SERVICE:
             # Under the lock: another approval may have added the service (or grouped the incident) since the draft
             # was loaded.

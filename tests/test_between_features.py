@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import respx
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -16,6 +17,7 @@ from incidents.models import (
     AuditEvent,
     DraftKind,
     DraftTemplate,
+    Incident,
     IncidentGroup,
     IncidentUpdate,
     Notification,
@@ -595,3 +597,33 @@ def test_a_service_added_to_an_incident_joins_the_incidents_clock(grouped, appro
     assert reminders.run(now=due + timedelta(seconds=1))["overdue_updates"] == 1
     [email] = Notification.objects.filter(kind="update_overdue")
     assert "API, Dashboard" in email.subject
+
+
+def test_an_add_approved_right_after_another_joins_the_group_the_other_started(
+    api_service, dashboard_service, status_service, responder, approver, platform
+):
+    """Two services added to an incident not grouped yet, approved at the same moment: the second approval read the
+    incident before the first committed and started a second group, splitting the incident in two. Simulated: the
+    incident is grouped after the second draft was loaded, before its decision is recorded."""
+    api = IncidentFactory(service=api_service, remote_id="5001", title="API errors", severity="major")
+    fields = {**FIELDS, "description": "Affected too."}
+    second = workflow.create_and_submit(
+        user=responder, service=status_service, kind=DraftKind.ADD_SERVICE, fields=fields, incident=api
+    )
+    with transaction.atomic():
+        draft = workflow._locked(second.draft_id)  # loaded: the incident has no group yet
+        group = IncidentGroup.objects.create(team=platform, title="API errors")  # the first approval commits
+        Incident.objects.filter(pk=api.pk).update(group=group)
+        workflow._record_decision(
+            draft=draft,
+            revision=second,
+            reviewer=approver,
+            decision="approve",
+            comment="",
+            new_state="approved",
+            action="review.approved",
+            summary="approved",
+        )
+    assert workflow.Draft.objects.get(pk=second.draft_id).group == group
+    assert Incident.objects.get(pk=api.pk).group == group
+    assert IncidentGroup.objects.count() == 1
