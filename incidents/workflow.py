@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -687,6 +687,10 @@ def _record_decision(
         # The approval the lock waited for may have grouped the incident (a service added at the same moment): the
         # group read before the lock is stale, and this decision must join that group, not start another.
         draft.incident.refresh_from_db(fields=["group"])
+        # Due now means now that the lock is held: a clock read before it (by an approval that then waited for one
+        # that committed first) would put this change ahead of that one in ORDER (due_at, id). The database's clock,
+        # one clock for every process.
+        now = _clock()
         if draft.kind == DraftKind.ADD_SERVICE:
             # Under the lock: another approval may have added the service (or grouped the incident) since the draft
             # was loaded.
@@ -865,6 +869,13 @@ def _group_on_approval(draft: Draft, revision: Revision) -> IncidentGroup | None
             Incident.objects.filter(pk=draft.incident.pk).update(group=draft.group)
             return draft.group
     return None
+
+
+def _clock() -> datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        moment: datetime = cursor.fetchone()[0]
+    return moment
 
 
 def _schedule(publish_at: datetime | None, now: datetime) -> dict[str, Any]:

@@ -627,3 +627,38 @@ def test_an_add_approved_right_after_another_joins_the_group_the_other_started(
     assert workflow.Draft.objects.get(pk=second.draft_id).group == group
     assert Incident.objects.get(pk=api.pk).group == group
     assert IncidentGroup.objects.count() == 1
+
+
+def test_an_approval_that_waited_for_the_incidents_lock_goes_after_the_one_that_held_it(
+    api_service, responder, approver, approver2
+):
+    """Two approvals of one incident at the same moment: the one that read the clock first but took the incident's
+    lock second was due earlier (its clock) with a higher id, so it jumped ahead of the one already committed (and,
+    were that one in flight, was claimed beside it). Simulated: its clock is read before the other commits."""
+    incident = IncidentFactory(service=api_service, remote_id="4242", title="API errors", severity="major")
+    fields = {**FIELDS, "title": incident.title, "severity": incident.severity, "stage": "identified"}
+    waiting = workflow.create_and_submit(
+        user=responder,
+        service=api_service,
+        kind=DraftKind.UPDATE,
+        fields={**fields, "description": "One."},
+        incident=incident,
+    )
+    early = timezone.now()  # its approval read the clock, then waited for the incident's lock
+    [holder] = approved_update(author=responder, reviewer=approver2, incident=incident, description="Two.")
+    with transaction.atomic():
+        draft = workflow._locked(waiting.draft_id)
+        decision = workflow._record_decision(
+            draft=draft,
+            revision=waiting,
+            reviewer=approver,
+            decision="approve",
+            comment="",
+            new_state="approved",
+            action="review.approved",
+            summary="approved",
+            now=early,
+        )
+    [late] = decision.publications
+    assert late.due_at > holder.due_at
+    assert publishing.ahead_of(late) == holder and publishing.ahead_of(holder) is None
