@@ -207,11 +207,13 @@ def _draft_fields(alert: Alert, service: Service, incident: Incident | None = No
     draft_templates.py) wins wherever it has words, filled by plain substitution; the alert fills the rest."""
     team = service.team
     if alert.status == AlertKind.RESOLVED:
+        # The resolve goes to every open service of a grouped incident: name them all.
+        names = draft_templates.values_for(team=team, incident=incident)["services"] if incident else service.name
         fields = {
             "title": "",
             "severity": "",
             "stage": Stage.RESOLVED,
-            "description": f"The issue affecting {service.name} has been resolved.",
+            "description": f"The issue affecting {names} has been resolved.",
         }
         resolve = draft_templates.resolve_default(team, incident) if incident is not None else None
         if resolve is not None:
@@ -460,6 +462,7 @@ def _act(*, team: Team, webhook: AlertWebhook, routes: list[AlertRoute], alert: 
             delivery.save(update_fields=["note"])
             return {**base, "outcome": "not_proposed", "detail": note}
         kind = DraftKind.UPDATE
+        service = incident.service  # a draft keeps its incident's service (one of a group's may be resolved)
     draft = workflow.create_for_system_author(
         author=webhook.system_user,
         service=service,
@@ -498,20 +501,29 @@ def _claim(*, team: Team, alert: Alert, service: Service) -> AlertDelivery | dic
 
 
 def _open_incident_of(firing: AlertDelivery) -> tuple[Incident | None, str]:
-    """The IsDown incident the firing alert's draft opened, if it is published and still open; else why not."""
+    """The IsDown incident the firing alert's draft opened, if it is published and still open; else why not. A draft
+    that opened several (one per service, grouped) resolves through any still open one: the resolve fans out to every
+    open service of the group, so one removed from it meanwhile does not stop it."""
     draft = firing.draft
     assert draft is not None
-    published = (
+    published = list(
         Publication.objects.filter(draft=draft, state=PublicationState.PUBLISHED)
         .exclude(incident=None)
         .select_related("incident")
-        .first()
+        .order_by("pk")
     )
-    if published is None or published.incident is None:
+    if not published:
         return None, (
             f"The alert resolved, but its draft #{draft.pk} is not on IsDown ({draft.get_state_display().lower()}): "
             "no resolve draft was proposed; discard or finish that draft."
         )
-    if published.incident.resolved:
+    incidents = [p.incident for p in published if p.incident is not None]
+    still_open = [incident for incident in incidents if not incident.resolved]
+    if not still_open:
+        groups = {incident.group_id for incident in incidents if incident.group_id is not None}
+        still_open = list(
+            Incident.objects.filter(group_id__in=groups, resolved=False, remote_id__isnull=False).order_by("pk")
+        )
+    if not still_open:
         return None, f"The incident of draft #{draft.pk} is resolved already: no resolve draft was proposed."
-    return published.incident, ""
+    return still_open[0], ""

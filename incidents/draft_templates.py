@@ -56,9 +56,13 @@ def fill(template: DraftTemplate | Mapping[str, str], values: Mapping[str, str])
 def values_for(
     *, team: Team, services: Iterable[Service] = (), incident: Incident | None = None, now: datetime | None = None
 ) -> dict[str, str]:
-    """The placeholder values for a draft of ``team``: about ``incident`` (an update) or ``services`` (a new one)."""
+    """The placeholder values for a draft of ``team``: about ``incident`` (an update) or ``services`` (a new one).
+    ``{services}`` names ``services`` when given (a new incident's, a service added to or removed from an incident),
+    else every open service an update of ``incident`` goes to (a grouped incident: each open member's)."""
     now = timezone.localtime(now or timezone.now())
-    names = [incident.service.name] if incident is not None else [service.name for service in services]
+    names = [service.name for service in services]
+    if not names and incident is not None:
+        names = _open_service_names(incident)
     values = {"team": team.name, "now": now.strftime(TIME_FORMAT), "started_at": now.strftime(TIME_FORMAT)}
     if names:
         values["services"] = ", ".join(names)
@@ -68,6 +72,19 @@ def values_for(
         if started is not None:
             values["started_at"] = timezone.localtime(started).strftime(TIME_FORMAT)
     return values
+
+
+def _open_service_names(incident: Incident) -> list[str]:
+    """The services an update of ``incident`` reaches: its group's open, published incidents (as
+    workflow.open_members), or the incident's own service."""
+    if incident.group_id is None:
+        return [incident.service.name]
+    names = list(
+        Incident.objects.filter(group_id=incident.group_id, resolved=False, remote_id__isnull=False)
+        .order_by("service__name", "pk")
+        .values_list("service__name", flat=True)
+    )
+    return list(dict.fromkeys(names)) or [incident.service.name]
 
 
 def for_team(team: Team | int, kind: str) -> QuerySet[DraftTemplate]:

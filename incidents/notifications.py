@@ -9,10 +9,12 @@ dies after sending and before recording sends that email again.
 
 Who hears what:
 - a submitted revision: the team's approvers other than its author and last editor;
-- a review decision: the draft's author;
-- a publication that failed, needs attention or was duplicated: the team's approvers and the draft's author;
+- a review decision: the draft's author and the revision's submitter;
+- a publication that failed, needs attention or was duplicated: the team's approvers, the draft's author and the
+  revision's submitter;
 - a break-glass publication: every other approver of the team, at once;
-- an incident whose next update is overdue: the authors of its drafts and the team's approvers;
+- an incident whose next update is overdue (a grouped one once): the authors and submitters of its drafts and the
+  team's approvers;
 - a revision waiting too long for review: every approver of the team.
 """
 
@@ -87,14 +89,18 @@ def queue(
 
 
 # --- What is told --------------------------------------------------------------------------------------------
+def services_of(revision: Revision) -> str:
+    """The services a revision's requests go to, in order (a draft may fan out to several: issue 12)."""
+    names = list(dict.fromkeys(revision.requests.order_by("position").values_list("service__name", flat=True)))
+    return ", ".join(names) or revision.draft.service.name
+
+
 def revision_submitted(revision: Revision) -> Notification | None:
     draft = revision.draft
     approvers = team_approvers(draft.team).exclude(
         pk__in=[revision.author_id, revision.last_editor_id, *revision.editors]
     )
-    # A draft may fan out to several services (issue 12): name each one its requests go to.
-    names = list(dict.fromkeys(revision.requests.order_by("position").values_list("service__name", flat=True)))
-    services = ", ".join(names) or draft.service.name
+    services = services_of(revision)
     return queue(
         kind="review_needed",
         team=draft.team,
@@ -110,7 +116,10 @@ def revision_submitted(revision: Revision) -> Notification | None:
 
 
 def revision_reviewed(review: Review) -> Notification | None:
+    """The author hears the verdict, and so does whoever submitted the revision: for a draft whose author cannot
+    sign in (an alert's system author, which has no address) the submitter is the only one waiting for it."""
     draft = review.revision.draft
+    told = [user for user in (draft.author, review.revision.submitted_by) if user.pk != review.reviewer_id]
     body = (
         f"{review.reviewer.get_username()} {review.get_decision_display().lower()} revision "
         f"{review.revision.number} of your draft #{draft.pk} ({draft.service.name}).\n"
@@ -121,7 +130,7 @@ def revision_reviewed(review: Review) -> Notification | None:
     return queue(
         kind="reviewed",
         team=draft.team,
-        users=[draft.author],
+        users=told,
         subject=f"[isdown-admin] {review.get_decision_display()}: {draft.title or draft.get_kind_display()}",
         body=body,
         target=draft,
@@ -141,15 +150,13 @@ HUMAN_STATE_WORDS = {
 }
 
 
-def publication_needs_human(publication: Publication, *, reason: str) -> Notification | None:
-    """Tell the team's approvers and the draft's author that a publication waits for a human."""
+def publication_needs_human(publication: Publication, *, reason: str, waiting: int = 0) -> Notification | None:
+    """Tell the team's approvers and the draft's author that a publication waits for a human. ``waiting``: how many
+    changes to the same IsDown incident go out after it (publishing.behind, in the order they are due)."""
     draft = publication.draft
     label, meaning = HUMAN_STATE_WORDS.get(PublicationState(publication.state), ("Needs a human", ""))
-    users = [*team_approvers(publication.team), draft.author]
-    held = Publication.objects.filter(
-        target_remote_id=publication.target_remote_id, state=PublicationState.QUEUED, pk__gt=publication.pk
-    ).exclude(target_remote_id="")
-    waiting = held.count()
+    # The author, and whoever submitted the revision (an alert's draft is authored by a user without an address).
+    users = [*team_approvers(publication.team), draft.author, publication.revision.submitted_by]
     body = (
         f"{label}: publication #{publication.pk} of draft #{draft.pk} "
         f"({draft.title or draft.get_kind_display()}, {publication.service.name}, {publication.team.name}).\n\n"
@@ -172,17 +179,19 @@ def publication_needs_human(publication: Publication, *, reason: str) -> Notific
 
 # --- Break-glass and reminders (issue 12 §4, §5) ------------------------------------------------------------
 def break_glass_published(review: Review) -> Notification | None:
-    """Every other approver hears at once that a revision was published without a second approver."""
+    """Every other approver hears at once that a revision was published without a second approver, and where to:
+    every service its requests go to."""
     draft = review.revision.draft
+    services = services_of(review.revision)
     return queue(
         kind="break_glass",
         team=draft.team,
         users=team_approvers(draft.team).exclude(pk=review.reviewer_id),
         subject=f"[isdown-admin] BREAK-GLASS: {review.reviewer.get_username()} published "
-        f"{draft.title or draft.get_kind_display()} without review ({draft.service.name})",
+        f"{draft.title or draft.get_kind_display()} without review ({services})",
         body=(
             f"{review.reviewer.get_username()} published revision {review.revision.number} of draft #{draft.pk} "
-            f"({draft.service.name}, {draft.team.name}) without a second approver (break-glass), after an "
+            f"({services}, {draft.team.name}) without a second approver (break-glass), after an "
             f"authenticator check.\n\nTheir reason:\n{review.comment}\n\n"
             f"It must be reviewed after the fact by another approver: {_link('incidents:draft_review', pk=draft.pk)}\n"
         ),
@@ -190,19 +199,26 @@ def break_glass_published(review: Review) -> Notification | None:
     )
 
 
-def update_overdue(incident: Incident, *, due_at_text: str, team: Team) -> Notification | None:
-    authors = get_user_model().objects.filter(
-        pk__in=Draft.objects.filter(Q(incident=incident) | Q(publications__remote_id=incident.remote_id or "-")).values(
-            "author"
-        )
+def update_overdue(
+    incident: Incident, *, due_at_text: str, team: Team, members: list[Incident] | None = None
+) -> Notification | None:
+    """The next update of ``incident`` is overdue; ``members``: every overdue service's incident of its group (one
+    email for one outage). Told: the team's approvers and the people of the incident's drafts — their authors and
+    whoever submitted them (an alert's draft is authored by a system user that has no address)."""
+    incidents = members or [incident]
+    remote_ids = [member.remote_id for member in incidents if member.remote_id]
+    drafts = Draft.objects.filter(Q(incident__in=incidents) | Q(publications__remote_id__in=remote_ids))
+    people = get_user_model().objects.filter(
+        Q(pk__in=drafts.values("author")) | Q(pk__in=Revision.objects.filter(draft__in=drafts).values("submitted_by"))
     )
+    names = ", ".join(dict.fromkeys(m.service.name for m in sorted(incidents, key=lambda m: (m.service.name, m.pk))))
     return queue(
         kind="update_overdue",
         team=team,
-        users=[*team_approvers(team), *authors],
-        subject=f"[isdown-admin] Update overdue: {incident.title} ({incident.service.name})",
+        users=[*team_approvers(team), *people],
+        subject=f"[isdown-admin] Update overdue: {incident.title} ({names})",
         body=(
-            f"The next public update of “{incident.title}” ({incident.service.name}, {team.name}) was due at "
+            f"The next public update of “{incident.title}” ({names}, {team.name}) was due at "
             f"{due_at_text} and none has been approved since.\n\n"
             f"Write one: {_link('incidents:update_new', pk=incident.pk)}\n"
             f"The incident: {_link('incidents:incident_detail', pk=incident.pk)}\n"
@@ -213,14 +229,14 @@ def update_overdue(incident: Incident, *, due_at_text: str, team: Team) -> Notif
 
 def review_escalated(revision: Revision, *, waited_minutes: int) -> Notification | None:
     draft = revision.draft
+    services = services_of(revision)
     return queue(
         kind="review_escalated",
         team=draft.team,
         users=team_approvers(draft.team),
-        subject=f"[isdown-admin] Still waiting for review: {draft.title or draft.get_kind_display()} "
-        f"({draft.service.name})",
+        subject=f"[isdown-admin] Still waiting for review: {draft.title or draft.get_kind_display()} ({services})",
         body=(
-            f"Revision {revision.number} of draft #{draft.pk} ({draft.service.name}, {draft.team.name}) has waited "
+            f"Revision {revision.number} of draft #{draft.pk} ({services}, {draft.team.name}) has waited "
             f"{waited_minutes} minutes for a second approver.\n\n"
             f"Review it: {_link('incidents:draft_review', pk=draft.pk)}\n"
         ),

@@ -307,7 +307,9 @@ def _move(
     if not changing:
         return
     if to in HUMAN_PUBLICATION_STATES:
-        notifications.publication_needs_human(publication, reason=publication.last_error or summary)
+        # A failed or needs-attention one holds the changes due after it; a detected duplicate holds nothing.
+        held = len(behind(publication)) if to in HOLDING_PUBLICATION_STATES else 0
+        notifications.publication_needs_human(publication, reason=publication.last_error or summary, waiting=held)
     if before in UNSETTLED and to not in UNSETTLED and publication.target_remote_id:
         following = next_in_line(publication.target_remote_id)
         if following is not None:
@@ -322,6 +324,24 @@ ORDER = ("due_at", "pk")
 def due_before(due_at: Any, pk: Any) -> Q:
     """Publications ahead of one due at ``due_at`` with id ``pk`` in ORDER (values or OuterRef expressions)."""
     return Q(due_at__lt=due_at) | Q(due_at=due_at, pk__lt=pk)
+
+
+def due_after(due_at: Any, pk: Any) -> Q:
+    """Publications behind one due at ``due_at`` with id ``pk`` in ORDER."""
+    return Q(due_at__gt=due_at) | Q(due_at=due_at, pk__gt=pk)
+
+
+def behind(publication: Publication) -> list[int]:
+    """The unsettled publications of the same IsDown incident that go out after this one, in ORDER: those it holds
+    while it waits for a human (a scheduled one among them, once its time comes)."""
+    if not publication.target_remote_id:
+        return []
+    return list(
+        Publication.objects.filter(target_remote_id=publication.target_remote_id, state__in=UNSETTLED)
+        .filter(due_after(publication.due_at, publication.pk))
+        .order_by(*ORDER)
+        .values_list("pk", flat=True)
+    )
 
 
 def next_in_line(target_remote_id: str) -> int | None:

@@ -56,37 +56,71 @@ def is_overdue(incident: Incident, *, now: datetime | None = None) -> bool:
     return not incident.resolved and due is not None and due <= (now or timezone.now())
 
 
+def _members(incidents: QuerySet[Incident], incident_id: int, group_id: int | None) -> QuerySet[Incident]:
+    """The IsDown incidents that share one clock: every incident of the group (one outage, one update fanned out to
+    each open service), or the incident alone; locked in id order, as approvals lock them."""
+    rows = incidents.filter(group_id=group_id) if group_id is not None else incidents.filter(pk=incident_id)
+    return rows.select_for_update(of=("self",)).select_related("service__team").order_by("pk")
+
+
+def _names(incidents: list[Incident]) -> str:
+    return ", ".join(dict.fromkeys(i.service.name for i in sorted(incidents, key=lambda i: (i.service.name, i.pk))))
+
+
 def set_next_update_due(*, incident_id: int, user: User, minutes: int, now: datetime | None = None) -> Incident:
-    """Move an open incident's next update to ``minutes`` from now (1 minute to 24 hours); audited."""
+    """Move an open incident's next update to ``minutes`` from now (1 minute to 24 hours); audited. A grouped
+    incident's update goes to every open service, so every open service's clock moves with it."""
     if not 1 <= minutes <= 24 * 60:
         raise ReminderError("Choose between 1 minute and 24 hours (1440 minutes).")
     now = now or timezone.now()
     with transaction.atomic():
-        incident = Incident.objects.select_for_update(of=("self",)).select_related("service__team").get(pk=incident_id)
+        group_id = Incident.objects.filter(pk=incident_id).values_list("group_id", flat=True).get()
+        members = list(_members(Incident.objects.all(), incident_id, group_id))
+        incident = next(member for member in members if member.pk == incident_id)
         team = incident.service.team
         access.require_role(user, team, access.DRAFTING_ROLES, action="change when the next update is due")
         if incident.resolved:
             raise ReminderError("This incident is resolved: no update is due.")
+        moved = [member for member in members if not member.resolved]
         before = incident.next_update_due_at
-        incident.next_update_due_at = now + timedelta(minutes=minutes)
-        incident.save(update_fields=["next_update_due_at"])
+        due = now + timedelta(minutes=minutes)
+        Incident.objects.filter(pk__in=[member.pk for member in moved]).update(next_update_due_at=due)
+        incident.next_update_due_at = due
+        changes: dict[str, list[object]] = {
+            "next_update_due_at": [before.isoformat() if before else None, due.isoformat()]
+        }
+        where = f"“{incident.title}”"
+        if len(moved) > 1:
+            where += f" ({_names(moved)})"
+            changes["incidents"] = [None, [member.remote_id or str(member.pk) for member in moved]]
         audit.record(
             "incident.next_update_due_set",
             actor=user,
             team=team,
             target=incident,
-            summary=f"{user.get_username()} set the next update of “{incident.title}” due in {minutes} minutes",
-            changes={
-                "next_update_due_at": [before.isoformat() if before else None, incident.next_update_due_at.isoformat()]
-            },
+            summary=f"{user.get_username()} set the next update of {where} due in {minutes} minutes",
+            changes=changes,
         )
     return incident
 
 
 def _start_clocks(now: datetime) -> int:
-    """Give every open incident without a due time one: its last activity plus its team's interval."""
+    """Give every open incident without a due time one: a grouped incident's service added later joins its group's
+    clock (one outage, one due time); any other, its last activity plus its team's interval."""
+    group_due = Subquery(
+        Incident.objects.filter(group_id=OuterRef("group_id"), resolved=False, next_update_due_at__isnull=False)
+        .order_by("next_update_due_at")
+        .values("next_update_due_at")[:1]
+    )
+    joined = (
+        Incident.objects.filter(resolved=False, next_update_due_at__isnull=True, group__isnull=False)
+        .annotate(group_due=group_due)
+        .filter(group_due__isnull=False)
+        .values("pk")
+    )
+    started = Incident.objects.filter(pk__in=joined).update(next_update_due_at=group_due)
     interval = Subquery(Service.objects.filter(pk=OuterRef("service_id")).values("team__update_interval_minutes")[:1])
-    return Incident.objects.filter(resolved=False, next_update_due_at__isnull=True).update(
+    return started + Incident.objects.filter(resolved=False, next_update_due_at__isnull=True).update(
         next_update_due_at=ExpressionWrapper(F("last_activity_at") + _minutes(interval), output_field=DateTimeField())
     )
 
@@ -97,36 +131,49 @@ def _minutes(count: Combinable) -> ExpressionWrapper[CombinedExpression]:
 
 
 def remind_overdue_updates(*, now: datetime | None = None) -> int:
-    """Email and audit each open incident whose next update is overdue, once per due time. Returns how many."""
+    """Email and audit each open incident whose next update is overdue, once per due time: a grouped incident once
+    for all its overdue services (one outage, one email), each service marked told. Returns how many were told."""
     now = now or timezone.now()
     _start_clocks(now)
     told = 0
-    for incident_id in overdue(Incident.objects.all(), now=now).values_list("pk", flat=True):
-        with transaction.atomic():
-            incident = (
-                Incident.objects.select_for_update(of=("self",))
-                .select_related("service__team")
-                .filter(pk=incident_id, resolved=False, next_update_due_at__lte=now)
-                .first()
-            )
-            if incident is None or incident.next_update_due_at is None:
+    groups_seen: set[int] = set()
+    for incident_id, group_id in overdue(Incident.objects.all(), now=now).values_list("pk", "group_id"):
+        if group_id is not None:
+            if group_id in groups_seen:
                 continue
-            due = incident.next_update_due_at
-            try:
-                with transaction.atomic():
-                    UpdateReminder.objects.create(incident=incident, due_at=due, created_at=now)
-            except IntegrityError:
-                continue  # told already for this due time
+            groups_seen.add(group_id)
+        with transaction.atomic():
+            due_now = overdue(Incident.objects.all(), now=now)
+            newly = []
+            for incident in _members(due_now, incident_id, group_id):
+                assert incident.next_update_due_at is not None  # overdue() reads only incidents with a due time
+                try:
+                    with transaction.atomic():
+                        UpdateReminder.objects.create(
+                            incident=incident, due_at=incident.next_update_due_at, created_at=now
+                        )
+                except IntegrityError:
+                    continue  # told already for this due time
+                newly.append(incident)
+            if not newly:
+                continue
+            incident = newly[0]
+            due = min(member.next_update_due_at for member in newly if member.next_update_due_at is not None)
             team = incident.service.team
             due_text = timezone.localtime(due).strftime("%Y-%m-%d %H:%M %Z")
-            notifications.update_overdue(incident, due_at_text=due_text, team=team)
+            notifications.update_overdue(incident, due_at_text=due_text, team=team, members=newly)
+            changes: dict[str, list[object]] = {"next_update_due_at": [None, due.isoformat()]}
+            where = f"“{incident.title}”"
+            if len(newly) > 1:
+                where += f" ({_names(newly)})"
+                changes["incidents"] = [None, [member.remote_id or str(member.pk) for member in newly]]
             audit.record(
                 "incident.update_overdue",
                 actor_label=SYSTEM_REMINDERS,
                 team=team,
                 target=incident,
-                summary=f"The next update of “{incident.title}” was due at {due_text}: authors and approvers emailed",
-                changes={"next_update_due_at": [None, due.isoformat()]},
+                summary=f"The next update of {where} was due at {due_text}: authors and approvers emailed",
+                changes=changes,
             )
             told += 1
     return told

@@ -251,6 +251,7 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
     refused_for_good = publishing.refused_for_good(publication)
     # Someone who cannot act on it (or on the one it waits for) is told who can, by name.
     held = publication.needs_human or (waiting_for is not None and waiting_for.needs_human)
+    can_cancel = is_approver and publication.state in publishing.CANCELLABLE
     return {
         "publication": publication,
         # A list (the fragment shows the last one and folds the rest); prefetched by a page that lists many.
@@ -265,7 +266,15 @@ def publication_block(user, publication: Publication, *, return_to: str, **extra
         else [],
         "waiting_for": waiting_for,
         # Scheduled publication (issue 12 §7): an approver may cancel it until a worker claims it.
-        "can_cancel": is_approver and publication.state in publishing.CANCELLABLE,
+        "can_cancel": can_cancel,
+        # A cancel stops one service's publication; the page says when the draft has others still scheduled.
+        "scheduled_siblings": Publication.objects.filter(
+            revision_id=publication.revision_id, state__in=publishing.CANCELLABLE
+        )
+        .exclude(pk=publication.pk)
+        .count()
+        if can_cancel
+        else 0,
         "return_to": return_to,
         "action_form": PublicationActionForm(),
         **extra,

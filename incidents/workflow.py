@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -304,7 +304,14 @@ def _also_service_ids(service: Service, also_services: list[Service] | tuple[Ser
     return ids
 
 
-def _check_addable(incident: Incident, service: Service) -> None:
+# An add- or remove-a-service draft on its way (approved, its request not settled).
+ON_ITS_WAY_DRAFT_STATES = (DraftState.APPROVED, DraftState.PUBLISHING, DraftState.FAILED, DraftState.NEEDS_ATTENTION)
+
+
+def _check_addable(incident: Incident, service: Service, *, draft_id: int | None = None) -> None:
+    """A service joins an incident once: not while it is part of it, nor while another approved add-a-service draft
+    is creating its incident (two responders adding it at once made two IsDown incidents for it). Checked when the
+    draft is started, submitted and approved (under the incident's row lock)."""
     if service.team_id != incident.service.team_id:
         raise NotAllowed(f"{service.name} belongs to another team: one incident stays within one team.")
     if incident.resolved:
@@ -312,6 +319,15 @@ def _check_addable(incident: Incident, service: Service) -> None:
     covered = {member.service_id for member in open_members(incident)}
     if service.pk in covered:
         raise InvalidTransition(f"{service.name} is already part of this incident.")
+    same_incident = Q(incident__group_id=incident.group_id) if incident.group_id else Q(incident_id=incident.pk)
+    adding = Draft.objects.filter(
+        same_incident, kind=DraftKind.ADD_SERVICE, service=service, state__in=ON_ITS_WAY_DRAFT_STATES
+    )
+    if draft_id is not None:
+        adding = adding.exclude(pk=draft_id)
+    other = adding.values_list("pk", flat=True).first()
+    if other is not None:
+        raise InvalidTransition(f"{service.name} is being added to this incident already (draft #{other}).")
 
 
 def removal_problem(incident: Incident) -> str | None:
@@ -323,10 +339,21 @@ def removal_problem(incident: Incident) -> str | None:
     return None
 
 
-def _check_removable(incident: Incident) -> None:
+def _check_removable(incident: Incident, *, draft_id: int | None = None) -> None:
     problem = removal_problem(incident)
     if problem is not None:
         raise InvalidTransition(problem)
+    if draft_id is not None:
+        other = (
+            Draft.objects.filter(incident=incident, kind=DraftKind.REMOVE_SERVICE, state__in=ON_ITS_WAY_DRAFT_STATES)
+            .exclude(pk=draft_id)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if other is not None:
+            raise InvalidTransition(
+                f"{incident.service.name} is being removed from this incident already (draft #{other})."
+            )
 
 
 def create_and_submit(
@@ -434,11 +461,23 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
         # A draft on an incident always has it (the draft_kind_matches_incident constraint); an open one never.
         if draft.kind in INCIDENT_DRAFT_KINDS and (draft.incident is None or not draft.incident.remote_id):
             raise InvalidTransition("This incident is not on IsDown yet.")
+        # What was true when the draft was started may not be any more (another draft added the service, the
+        # service's incident was resolved meanwhile).
+        if draft.kind == DraftKind.ADD_SERVICE and draft.incident is not None:
+            _check_addable(draft.incident, draft.service, draft_id=draft.pk)
+        if draft.kind == DraftKind.REMOVE_SERVICE and draft.incident is not None:
+            _check_removable(draft.incident, draft_id=draft.pk)
         targets = draft_targets(draft)
         if not targets:
             if draft.kind == DraftKind.OPEN:
                 raise InvalidTransition("Nothing to send: every service of this draft is already on IsDown.")
             raise InvalidTransition("Nothing to send: change the title or severity, or write an update.")
+        adopters = [pk for pk in _adopters(draft, user) if pk not in draft.editors]
+        if adopters:
+            # Adopting an alert's draft makes the submitter a co-author for good, as a save does: the dashboard
+            # then lists it under their drafts, never under the reviews they may not take.
+            draft.editors = [*draft.editors, *adopters]
+            Draft.objects.filter(pk=draft.pk).update(editors=draft.editors)
         previous = latest_revision(draft)
         revision = Revision.objects.create(
             draft=draft,
@@ -449,7 +488,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
             ),
             author=draft.author,
             last_editor=draft.last_editor,
-            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id, *_adopters(draft, user)}),
+            editors=sorted({*draft.editors, draft.author_id, draft.last_editor_id}),
             submitted_by=user,
         )
         RevisionRequest.objects.bulk_create(
@@ -477,6 +516,7 @@ def submit(*, draft_id: int, user, expected_version: int | None = None) -> Revis
                 **_state_change(old_state, draft.state),
                 "revision": [None, revision.number],
                 "requests": [None, [f"{t.request.method} {t.request.path} ({t.service.name})" for t in targets]],
+                **({"adopted_by": [None, user.get_username()]} if adopters else {}),
             },
         )
         notifications.revision_submitted(revision)
@@ -644,6 +684,19 @@ def _record_decision(
         assert draft.incident is not None
         group = Q(group_id=draft.incident.group_id) if draft.incident.group_id else Q(pk=draft.incident_id)
         list(Incident.objects.select_for_update(no_key=True).filter(group | Q(pk=draft.incident_id)).order_by("pk"))
+        # The approval the lock waited for may have grouped the incident (a service added at the same moment): the
+        # group read before the lock is stale, and this decision must join that group, not start another.
+        draft.incident.refresh_from_db(fields=["group"])
+        # Due now means now that the lock is held: a clock read before it (by an approval that then waited for one
+        # that committed first) would put this change ahead of that one in ORDER (due_at, id). The database's clock,
+        # one clock for every process.
+        now = _clock()
+        if draft.kind == DraftKind.ADD_SERVICE:
+            # Under the lock: another approval may have added the service (or grouped the incident) since the draft
+            # was loaded.
+            _check_addable(Incident.objects.get(pk=draft.incident_id), draft.service, draft_id=draft.pk)
+        if draft.kind == DraftKind.REMOVE_SERVICE:
+            _check_removable(Incident.objects.select_related("service").get(pk=draft.incident_id), draft_id=draft.pk)
     review = Review.objects.create(
         revision=revision,
         reviewer=reviewer,
@@ -722,8 +775,9 @@ def break_glass(
         raise NotAllowed("Write why this cannot wait for a second approver: a reason is required.")
     if not mfa.has_totp(user):
         raise MfaRequired("Break-glass needs an authenticator app: enrol one first.")
-    # Cheap refusals first, so a code is not spent on a draft that cannot be published.
+    # Cheap refusals first, so a code is not spent on a draft that cannot be published (checked again, locked).
     _require_state(draft, REVIEWABLE_DRAFT_STATES, "publish without review")
+    _check_break_glass(latest_revision(draft), revision_id=revision_id, sha256=sha256, user=user)
     try:
         mfa.verify_fresh(
             user=user, code=totp_code, team=draft.team, purpose=f"break the glass on draft #{draft_id}", now=now
@@ -734,14 +788,8 @@ def break_glass(
         draft = _locked(draft_id)
         _require_state(draft, REVIEWABLE_DRAFT_STATES, "publish without review")
         revision = latest_revision(draft)
-        if revision is None or revision.pk != revision_id:
-            raise StaleRevision("This revision is no longer the one in review; reload to see the current one.")
-        if sha256 != revision.sha256:
-            raise StaleRevision("The request you reviewed is not the one in review (its SHA-256 differs); reload.")
-        if user.pk not in revision.editors and user.pk not in (revision.author_id, revision.last_editor_id):
-            raise NotAllowed(
-                "You did not write or edit this draft: approve it instead. Break-glass is only for your own."
-            )
+        _check_break_glass(revision, revision_id=revision_id, sha256=sha256, user=user)
+        assert revision is not None
         result = _record_decision(
             draft=draft,
             revision=revision,
@@ -756,6 +804,16 @@ def break_glass(
         )
         notifications.break_glass_published(result.review)
     return result
+
+
+def _check_break_glass(revision: Revision | None, *, revision_id: int, sha256: str, user) -> None:
+    """The revision in review is the one the approver saw (its id and hash), and it is theirs."""
+    if revision is None or revision.pk != revision_id:
+        raise StaleRevision("This revision is no longer the one in review; reload to see the current one.")
+    if sha256 != revision.sha256:
+        raise StaleRevision("The request you reviewed is not the one in review (its SHA-256 differs); reload.")
+    if user.pk not in revision.editors and user.pk not in (revision.author_id, revision.last_editor_id):
+        raise NotAllowed("You did not write or edit this draft: approve it instead. Break-glass is only for your own.")
 
 
 def post_review(*, review_id: int, user, comment: str = "") -> BreakGlassPostReview:
@@ -811,6 +869,13 @@ def _group_on_approval(draft: Draft, revision: Revision) -> IncidentGroup | None
             Incident.objects.filter(pk=draft.incident.pk).update(group=draft.group)
             return draft.group
     return None
+
+
+def _clock() -> datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        moment: datetime = cursor.fetchone()[0]
+    return moment
 
 
 def _schedule(publish_at: datetime | None, now: datetime) -> dict[str, Any]:

@@ -179,7 +179,9 @@ def _context(
         "templates": list(_pickable(request, kind, incident)) if draft is None else [],
         "picked_template": template,
         "picker_path": request.path,
-        "picker_keep": {key: request.GET[key] for key in ("resolve", "correct") if request.GET.get(key)},
+        # Picking reloads this page with ?template=: it must stay the page it is (a resolve, a correction, adding or
+        # removing a service).
+        "picker_keep": {key: request.GET[key] for key in PICKER_KEEPS if request.GET.get(key)},
         "preview": _preview(form, kind=kind, incident=incident) if form.is_bound else None,
         # Before any typing, the lint of the text the form starts with (a template's, a correction's, the draft's).
         "initial_lint": [] if form.is_bound else public_text.warnings_by_field(_initial_text(form)),
@@ -191,7 +193,9 @@ def _context(
         "can_review": draft is not None and access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
         "publication_blocks": [
             selectors.publication_block(request.user, publication, return_to=return_to)
-            for publication in draft.publications.order_by("-created_at")
+            for publication in draft.publications.select_related(
+                "request", "service", "revision__review", "team"
+            ).order_by("-created_at")
         ]
         if draft
         else [],
@@ -267,8 +271,20 @@ def _correction_initial(incident: Incident, last: IncidentUpdate) -> dict[str, A
     }
 
 
+# The templates that fit each kind of draft: adding a service is a create on it (a new incident's words); removing
+# one resolves its incident.
+TEMPLATE_KINDS = {
+    DraftKind.OPEN: (TemplateKind.OPEN,),
+    DraftKind.UPDATE: (TemplateKind.UPDATE, TemplateKind.RESOLVE),
+    DraftKind.ADD_SERVICE: (TemplateKind.OPEN,),
+    DraftKind.REMOVE_SERVICE: (TemplateKind.RESOLVE,),
+}
+# The query parameters that make the draft page what it is, kept when a template is picked.
+PICKER_KEEPS = ("resolve", "correct", "add", "remove")
+
+
 def _template_kinds(kind: str) -> tuple[str, ...]:
-    return (TemplateKind.OPEN,) if kind == DraftKind.OPEN else (TemplateKind.UPDATE, TemplateKind.RESOLVE)
+    return TEMPLATE_KINDS[DraftKind(kind)]
 
 
 def _pickable(request: HtmxHttpRequest, kind: str, incident: Incident | None):
@@ -285,11 +301,22 @@ def _picked(request: HtmxHttpRequest, kind: str, incident: Incident | None) -> D
 
 
 def _apply_template(
-    request: HtmxHttpRequest, template: DraftTemplate, initial: dict[str, Any], incident: Incident | None
+    request: HtmxHttpRequest,
+    template: DraftTemplate,
+    initial: dict[str, Any],
+    incident: Incident | None,
+    *,
+    kind: str,
+    added_service: Service | None = None,
 ) -> None:
-    """Fill the form's starting values from ``template``: its non-empty fields replace them, placeholders filled."""
-    services = []
-    if incident is None:
+    """Fill the form's starting values from ``template``: its non-empty fields replace them, placeholders filled
+    (``{services}``: the services the draft goes to — the added one, the removed one, or every open one)."""
+    services: list[Service] = []
+    if kind == DraftKind.ADD_SERVICE and added_service is not None:
+        services = [added_service]
+    elif kind == DraftKind.REMOVE_SERVICE and incident is not None:
+        services = [incident.service]
+    elif incident is None:
         team_services = list(template.team.services.all())
         chosen = [s for s in team_services if str(s.pk) == str(initial.get("service", ""))]
         services = chosen or (team_services if len(team_services) == 1 else [])
@@ -390,7 +417,7 @@ def _new(
             initial = _correction_initial(incident, last)
         template = _picked(request, kind, incident)
         if template is not None:
-            _apply_template(request, template, initial, incident)
+            _apply_template(request, template, initial, incident, kind=kind, added_service=added_service)
         form = DraftForm(initial=initial, **form_args)
         return _render(request, _context(request, form, kind=kind, incident=incident, draft=None, template=template))
 

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .. import access, reminders, selectors
 from ..forms import IncidentFilterForm, NextUpdateDueForm, return_path
 from ..http import HtmxHttpRequest
-from ..models import PENDING_DRAFT_STATES
+from ..models import PENDING_DRAFT_STATES, Publication, Review
 
 PAGE_SIZE = 25
 
@@ -49,7 +49,11 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     # One query for the rows and what their blocks show, one for all their attempts (a busy incident has many).
     publications = list(
         selectors.group_publications(request.user, incident)
-        .select_related("request", "service", "revision", "revision__review", "team")
+        # The review: each block says whether it was published without review (break-glass), and the page lists
+        # every break-glass publication of the incident with who reviewed it after the fact.
+        .select_related(
+            "request", "service", "team", "revision__review__reviewer", "revision__review__post_review__reviewer"
+        )
         .prefetch_related("attempt_rows")
         .order_by("-created_at")
     )
@@ -81,9 +85,7 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "overdue": reminders.is_overdue(incident),
         "next_update_form": NextUpdateDueForm(initial={"minutes": team.update_interval_minutes}),
         "update_interval": team.update_interval_minutes,
-        "break_glass_reviews": selectors.break_glass_reviews(request.user)
-        .filter(Q(revision__draft__incident=incident) | Q(revision__publications__incident=incident))
-        .distinct(),
+        "break_glass_reviews": _break_glass_reviews(publications),
         "service_rows": service_rows,
         # Removing a service resolves its incident; the last open one is resolved with the incident instead.
         "can_remove_services": sum(1 for row in service_rows if row.incident and not row.incident.resolved) > 1,
@@ -97,6 +99,17 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         else [],
     }
     return render(request, "incidents/incident_detail.html", context)
+
+
+def _break_glass_reviews(publications: list[Publication]) -> list[Review]:
+    """The break-glass decisions behind the incident's publications (read with them: no query of its own), oldest
+    first."""
+    reviews: dict[int, Review] = {}
+    for publication in publications:
+        review = getattr(publication.revision, "review", None)
+        if review is not None and review.is_break_glass:
+            reviews[review.pk] = review
+    return sorted(reviews.values(), key=lambda review: (review.created_at, review.pk))
 
 
 @require_POST

@@ -89,8 +89,18 @@ def review_context(request: HtmxHttpRequest, draft: Draft) -> dict[str, Any]:
         context["revision_diff"] = diff_fields(previous.fields, revision.fields, DRAFT_FIELD_LABELS)
     if revision is not None and draft.kind == DraftKind.UPDATE:
         context["incident_diff"] = diff_fields(_incident_state(draft), revision.fields, DRAFT_FIELD_LABELS)
-        # Scheduled publication (issue 12 §7): the changes of this incident still to go out, in the order they will.
-        context["queue"] = publishing.incident_queue(draft.incident.remote_id or "") if draft.incident else []
+    if revision is not None and draft.kind in (DraftKind.UPDATE, DraftKind.REMOVE_SERVICE):
+        # Scheduled publication (issue 12 §7): the changes still to go out, in the order they will, on every IsDown
+        # incident this revision goes to (an update of a grouped incident goes to each open service's).
+        context["queues"] = [
+            {
+                "service": item["request"].service,
+                "remote_id": item["request"].target_remote_id,
+                "queue": publishing.incident_queue(item["request"].target_remote_id),
+            }
+            for item in context["requests"]
+            if item["request"].target_remote_id
+        ]
     return context
 
 
