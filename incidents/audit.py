@@ -197,7 +197,7 @@ def record(
             entry.save(force_insert=True)
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEAL_LOCK_KEY])
-            return _append(_head(), [entry])[0]
+            return _append(_head(with_entry=False), [entry])[0]
     entry.save(force_insert=True)
     if settings.AUDIT_SEAL_ON_COMMIT and not _seal_pending_on_commit():
         transaction.on_commit(_seal_after_commit, robust=True)
@@ -220,12 +220,12 @@ class _Head:
     after: tuple[int, int]  # the (xid, id) of the head's entry; (-1, -1) when it has none (version 1, or empty)
 
 
-def _head() -> _Head:
+def _head(*, with_entry: bool = True) -> _Head:
     last = AuditEvent.objects.order_by("-seq").values("seq", "hash", "entry_id").first()
     if last is None:
         return _Head(0, GENESIS_HASH, (-1, -1))
     after = (-1, -1)
-    if last["entry_id"] is not None:
+    if with_entry and last["entry_id"] is not None:
         found = AuditEntry.objects.filter(pk=last["entry_id"]).values_list("xid", "id").first()
         after = found if found is not None else after
     return _Head(last["seq"], last["hash"], after)
