@@ -278,3 +278,15 @@ def test_beat_runs_the_sealer():
     _record("by beat")
     assert tasks.seal_audit_log.apply().get() == 1
     assert _summaries() == ["by beat"]
+
+
+def test_the_audit_page_says_how_many_events_wait_to_be_sealed(auditor, platform, data_team, as_user):
+    audit.record("draft.saved", team=platform, summary="ours, waiting")
+    audit.record("draft.saved", team=data_team, summary="theirs, waiting")
+    client = as_user(auditor)
+    body = client.get("/audit/").content.decode()
+    assert "1 recorded event waiting to be sealed" in body  # the other team's is not the auditor's to count
+    assert "ours, waiting" not in body
+    audit.seal()
+    body = client.get("/audit/").content.decode()
+    assert "waiting to be sealed" not in body and "ours, waiting" in body
