@@ -179,13 +179,11 @@ def test_an_entry_cannot_be_sealed_twice():
 def test_the_app_role_may_only_read_and_append_entries():
     entry = _record("entry")
     for sql in ("UPDATE incidents_auditentry SET summary = 'x'", "DELETE FROM incidents_auditentry"):
-        with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
+        with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic(), connection.cursor() as c:
+            c.execute(sql)
     # The owner may not either: the triggers refuse.
-    with as_owner(), pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("UPDATE incidents_auditentry SET summary = 'x' WHERE id = %s", [entry.pk])
+    with as_owner(), pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as c:
+        c.execute("UPDATE incidents_auditentry SET summary = 'x' WHERE id = %s", [entry.pk])
 
 
 @override_settings(AUDIT_SEAL_ON_COMMIT=True)
@@ -265,6 +263,7 @@ def test_waiting_events_are_counted_per_team(platform, data_team):
     assert audit.waiting_count() == 3
     assert audit.waiting_count([platform.pk]) == 1
     assert audit.waiting_count([None]) == 1
+    assert audit.waiting_count(cap=1) == 2  # more than the cap: counted no further
     audit.seal()
     assert audit.waiting_count() == 0
 

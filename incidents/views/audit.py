@@ -87,6 +87,7 @@ def _render_page(request: HtmxHttpRequest, form: AuditFilterForm, *, status: int
         # Recorded and committed, not in the chain yet (the sealer runs right after commits and every second).
         scope = selectors.audit_scope_teams(request.user, "")
         context["waiting"] = audit.waiting_count([team.pk if team is not None else None for team in scope])
+        context["waiting_cap"] = audit.WAITING_CAP
     response = render(request, f"{TEMPLATE}#htmx_results" if partial else TEMPLATE, context, status=status)
     patch_vary_headers(response, ["HX-Request"])
     return response

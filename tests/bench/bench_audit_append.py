@@ -100,12 +100,10 @@ def sealer_append(summary: str) -> None:
 
 def run(mode: str, writers: int, per_writer: int, work_ms: float, beat_interval: float) -> dict[str, float]:
     from django.db import connection, transaction
-
-    from incidents.models import Team
-
     from django.test.utils import override_settings
 
     from incidents import audit
+    from incidents.models import Team
 
     append = lock_append if mode == "lock" else sealer_append
     # "beat": no post-commit runs; a sealer thread runs every --beat seconds, as beat does.
