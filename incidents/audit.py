@@ -340,6 +340,12 @@ def seal(*, batch_size: int = SEAL_BATCH) -> int:
                 return sealed
             head = _head()
             entries = list(pending_entries(head.after)[:batch_size])
+            if not entries and not sealed:
+                # A transaction that ended while the horizon was read counts as this database's (HORIZON_SQL): read
+                # once more, with a fresh view of pg_stat_activity (cached for the transaction otherwise).
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_stat_clear_snapshot()")
+                entries = list(pending_entries(head.after)[:batch_size])
             if entries:
                 _append(head, entries)
         sealed += len(entries)

@@ -12,8 +12,9 @@ import respx
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from incidents import audit, enqueue, publishing
+from incidents import enqueue, publishing
 from incidents.models import AuditEvent, Incident, PublicationState
+from tests.test_audit_sealer import seal_all
 from tests.waiting import wait_for
 
 from .conftest import sandbox_requests
@@ -63,7 +64,7 @@ def test_a_create_is_published_in_two_transactions_and_at_most_15_statements_of_
     # Production's appends (deferred sealing): one INSERT each, no lock, no savepoint.
     audit_statements = [sql for sql in statements if any(marker in sql for marker in AUDIT_MARKERS)]
     assert [sql.split(" (")[0] for sql in audit_statements] == ['INSERT INTO "incidents_auditentry"'] * 2
-    audit.seal()  # the approval's events too (recorded by the factory, also deferred)
+    seal_all()  # the approval's events too (recorded by the factory, also deferred)
     # Each state change still carries its audit event, in its own transaction: sending, then published.
     events = AuditEvent.objects.filter(target_type="publication", target_id=str(publication.pk)).order_by("pk")
     assert list(events.values_list("action", flat=True)) == [
