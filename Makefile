@@ -104,6 +104,7 @@ bench: install-dev
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_pagination.py --fresh --json var/bench/p2.json $(BENCH_PAGES_ARGS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_verify.py --json var/bench/p3-verify.json $(BENCH_VERIFY_ARGS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_export.py --json var/bench/p3-export.json $(BENCH_EXPORT_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) tests/bench/bench_audit_append.py $(BENCH_APPEND_ARGS)
 	$(PY) tests/bench/report.py var/bench/p1.json var/bench/p2.json var/bench/p3-verify.json var/bench/p3-export.json
 
 ## make lint: style (ruff), the import contracts (.importlinter) and the types (mypy.ini). Fast: CI runs it first.

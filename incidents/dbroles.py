@@ -16,9 +16,10 @@ from typing import Any
 
 AUDIT_TABLE = "incidents_auditevent"
 CHECKPOINT_TABLE = "incidents_auditcheckpoint"
-# History only grows: on these the app may read and append, nothing else (the checkpoint table exists from
-# migration 0010 on; before it, only the audit table is limited).
-INSERT_ONLY_TABLES = (AUDIT_TABLE, CHECKPOINT_TABLE)
+ENTRY_TABLE = "incidents_auditentry"
+# History only grows: on these the app may read and append, nothing else (each is limited once its migration made
+# it: checkpoints from 0015 on, entries waiting to be sealed from 0018 on).
+INSERT_ONLY_TABLES = (AUDIT_TABLE, CHECKPOINT_TABLE, ENTRY_TABLE)
 
 
 def _quote(name: str) -> str:

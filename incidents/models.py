@@ -652,6 +652,11 @@ class AuditEvent(models.Model):
     context = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    # Chain format (audit.py): 1 = chained by record() under the append lock (canonical JSON object); 2 = sealed
+    # from an AuditEntry by the sealer (canonical JSON array that also binds the version and the entry id).
+    chain_version = models.SmallIntegerField(default=1, db_default=1)
+    # The AuditEntry this event seals (version 2): unique, so no entry is sealed twice.
+    entry_id = models.BigIntegerField(null=True, blank=True, unique=True)
 
     class Meta:
         ordering = ["-seq"]
@@ -1003,3 +1008,37 @@ class AuditVerification(models.Model):
     @property
     def percent(self) -> int:
         return min(100, self.checked * 100 // self.total) if self.total else 0
+
+
+# --- Audit entries waiting to be sealed (issue 13: appends that do not serialise the app) -------------------------
+class CurrentTransactionId(models.Func):
+    """The inserting transaction's 64-bit id (``pg_current_xact_id()``, xid8) as a bigint: the sealer's order."""
+
+    template = "(pg_current_xact_id()::text::bigint)"
+    output_field = models.BigIntegerField()
+
+
+class AuditEntry(models.Model):
+    """One event as ``audit.record`` writes it inside the caller's transaction: no seq, no hash, no lock. The
+    sealer (``audit.seal``) chains committed entries into AuditEvent (version 2) in (xid, id) order. Insert-only
+    (triggers in migration 0018; the app's role may only SELECT and INSERT), like AuditEvent."""
+
+    xid = models.BigIntegerField(db_default=CurrentTransactionId())
+    created_at = models.DateTimeField()
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor_label = models.CharField(max_length=150)
+    team_id = models.BigIntegerField(null=True, blank=True)
+    team_label = models.CharField(max_length=100, blank=True)
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=40, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=300, blank=True)
+    summary = models.CharField(max_length=500)
+    changes = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["xid", "id"], name="audit_entry_xid_id")]
+
+    def __str__(self) -> str:
+        return f"entry {self.pk} {self.action}: {self.summary}"

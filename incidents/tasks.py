@@ -16,7 +16,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 from django.db import DatabaseError, InterfaceError
 
-from . import checkpoints, enqueue, exports, isdown, notifications, publishing, reminders, sync, verifications
+from . import audit, checkpoints, enqueue, exports, isdown, notifications, publishing, reminders, sync, verifications
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,19 @@ def checkpoint_audit_log(self: Task[[], int | None]) -> int | None:
     """Beat's signed checkpoint of the chain's head (skipped when the head has not moved since the last one)."""
     checkpoint = checkpoints.sign_head("interval", only_if_moved=True)
     return checkpoint.pk if checkpoint is not None else None
+
+
+@shared_task(
+    name="incidents.tasks.seal_audit_log",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    # A run that finds nothing is cheap, and the next one comes within AUDIT_SEAL_INTERVAL: no retries.
+    expires=10,
+)
+def seal_audit_log(self: Task[[], int]) -> int:
+    """Beat's sealer run: chain the committed audit entries that no post-commit run sealed (audit.seal)."""
+    return audit.seal()
 
 
 @shared_task(

@@ -453,6 +453,13 @@ AUDIT_VERIFY_INLINE_MAX_EVENTS = env_int("AUDIT_VERIFY_INLINE_MAX_EVENTS", 100_0
 # The background verification checks segments of the chain in this many processes (one core each).
 AUDIT_VERIFY_PROCESSES = env_int("AUDIT_VERIFY_PROCESSES", os.cpu_count() or 1, minimum=1)
 AUDIT_EXPORT_DIR = env_str("AUDIT_EXPORT_DIR", str(BASE_DIR / "var" / "audit-exports"))
+# Appends do not serialise the app (audit.py): record() writes an entry in the caller's transaction and the sealer
+# chains committed entries into the log right after each commit (AUDIT_SEAL_ON_COMMIT) and from beat every
+# AUDIT_SEAL_INTERVAL seconds. AUDIT_SEAL_INLINE=1 seals inside the caller's transaction under one lock held to its
+# commit instead (serialising: the previous behaviour; the test suite uses it to read its events at once).
+AUDIT_SEAL_INLINE = env_bool("AUDIT_SEAL_INLINE", False)
+AUDIT_SEAL_ON_COMMIT = env_bool("AUDIT_SEAL_ON_COMMIT", True)
+AUDIT_SEAL_INTERVAL = env_float("AUDIT_SEAL_INTERVAL", 1.0, minimum=0.1)
 
 # --- Celery -----------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
@@ -489,6 +496,7 @@ CELERY_BEAT_SCHEDULE = {
     "sync-open-incidents": {"task": "incidents.tasks.sync_open_incidents", "schedule": SYNC_INTERVAL},
     "check-reminders": {"task": "incidents.tasks.check_reminders", "schedule": REMINDER_INTERVAL},
     "checkpoint-audit-log": {"task": "incidents.tasks.checkpoint_audit_log", "schedule": AUDIT_CHECKPOINT_INTERVAL},
+    "seal-audit-log": {"task": "incidents.tasks.seal_audit_log", "schedule": AUDIT_SEAL_INTERVAL},
 }
 
 # Error pages and error emails never show secrets or *_URL values (they carry passwords).

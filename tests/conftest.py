@@ -10,6 +10,7 @@ audit log's protections says so and uses ``admin_db`` (a superuser) or the owner
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,9 @@ from isdown_admin import preflight
 from .factories import PASSWORD, MembershipFactory, ServiceFactory, TeamFactory, UserFactory
 
 APP_URL, OWNER_URL, ADMIN_URL = preflight.urls()
+# The suite reads the events it records at once: each is sealed inside its own transaction (audit.py), in this
+# process and in every worker or server a test starts. Tests of the sealer itself use ``deferred_sealing``.
+os.environ["AUDIT_SEAL_INLINE"] = "1"
 
 
 def use_role(url: str) -> None:
@@ -117,7 +121,7 @@ def tamper_as_owner(sql: str, params: list, *, table: str = "incidents_auditeven
 _flush = TransactionTestCase._fixture_teardown
 
 
-INSERT_ONLY_TABLES = ("incidents_auditevent", "incidents_auditcheckpoint")
+INSERT_ONLY_TABLES = ("incidents_auditevent", "incidents_auditcheckpoint", "incidents_auditentry")
 
 
 def _flush_as_owner(self) -> None:
@@ -136,6 +140,21 @@ def _flush_as_owner(self) -> None:
 
 
 TransactionTestCase._fixture_teardown = _flush_as_owner
+
+
+@pytest.fixture(autouse=True)
+def inline_sealing() -> Iterator[None]:
+    """Every event sealed in the transaction that records it (AUDIT_SEAL_INLINE): see ``deferred_sealing``."""
+    with override_settings(AUDIT_SEAL_INLINE=True):
+        yield
+
+
+@pytest.fixture
+def deferred_sealing(inline_sealing, transactional_db) -> Iterator[None]:
+    """Production's appends: an entry in the caller's transaction, sealed by ``audit.seal`` after commits (the
+    post-commit run is off, so a test decides when a sealer runs)."""
+    with override_settings(AUDIT_SEAL_INLINE=False, AUDIT_SEAL_ON_COMMIT=False):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -104,3 +104,22 @@ def test_the_verify_and_export_benches_write_their_goal_rows_for_the_table(tmp_p
         ["P3", "export", "CSV"],
     ]
     assert all({"measured", "baseline", "ratio", "met"} <= set(row) for row in rows)
+
+
+def test_the_append_bench_prints_the_lock_the_sealer_and_beat_beside_each_other():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "bench" / "bench_audit_append.py"),
+            *("--writers", "2", "--per-writer", "3", "--work-ms", "1", "--beat", "0.2"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["2"]]
+    assert [row[1] for row in rows] == ["lock", "sealer", "beat"]
+    assert "verify: OK" in result.stdout

@@ -4,8 +4,10 @@
     python3 verify_audit_export.py export.jsonl [--full] [--public-key KEY] [--checkpoints SINK.jsonl]
 
 Each line is one event with every hashed field plus ``prev_hash`` and ``hash``. For each event the hash is
-recomputed as the app does: ``sha256(prev_hash + canonical JSON of the hashed fields)``, where canonical JSON is
-``json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``. Each event's ``prev_hash``
+recomputed as the app does, by the row's ``chain_version``: version 1 ``sha256(prev_hash + canonical JSON of the
+hashed fields as an object)``, version 2 ``sha256(prev_hash + canonical JSON of the array [2, seq, entry_id,
+created_at, actor_id, …, context])``, where canonical JSON is
+``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``. Each event's ``prev_hash``
 must be the hash of the event before it whenever the two are consecutive (``seq`` n and n+1); the first event of
 the log (seq 1) links to 64 zeros.
 
@@ -62,8 +64,17 @@ def canonical_json(data: object) -> str:
 
 
 def event_hash(prev_hash: str, row: dict) -> str:
-    payload = {name: row[name] for name in HASHED_FIELDS}
-    return hashlib.sha256((prev_hash + canonical_json(payload)).encode()).hexdigest()
+    """The row's hash in its chain format: ``chain_version`` 1 (or absent: exports made before version 2) hashes
+    the canonical JSON object of the hashed fields; 2 the canonical JSON array
+    ``[2, seq, entry_id, created_at, actor_id, …, context]`` (the hashed fields in their order, after seq)."""
+    version = row.get("chain_version", 1)
+    if version == 2:
+        text = canonical_json([2, row["seq"], row.get("entry_id"), *(row[name] for name in HASHED_FIELDS[1:])])
+    elif version == 1:
+        text = canonical_json({name: row[name] for name in HASHED_FIELDS})
+    else:
+        raise ValueError(f"seq {row['seq']}: unknown chain version {version!r}")
+    return hashlib.sha256((prev_hash + text).encode()).hexdigest()
 
 
 # --- Ed25519 verification: RFC 8032, section 6 (the reference implementation, verify only) ------------------

@@ -84,6 +84,10 @@ def _render_page(request: HtmxHttpRequest, form: AuditFilterForm, *, status: int
         context["signing"] = _signing_context()
         context.update(_exports_context(request.user))
         context["verification"] = verifications.latest(request.user)
+        # Recorded and committed, not in the chain yet (the sealer runs right after commits and every second).
+        scope = selectors.audit_scope_teams(request.user, "")
+        context["waiting"] = audit.waiting_count([team.pk if team is not None else None for team in scope])
+        context["waiting_cap"] = audit.WAITING_CAP
     response = render(request, f"{TEMPLATE}#htmx_results" if partial else TEMPLATE, context, status=status)
     patch_vary_headers(response, ["HX-Request"])
     return response
