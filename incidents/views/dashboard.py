@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from .. import access, heartbeat, selectors
 from ..http import HtmxHttpRequest
-from ..models import FOLLOWED_DRAFT_STATES, HUMAN_PUBLICATION_STATES, Notification, NotificationState, PublicationState
+from ..models import (
+    FOLLOWED_DRAFT_STATES,
+    HUMAN_PUBLICATION_STATES,
+    Notification,
+    NotificationState,
+    PublicationState,
+    Revision,
+)
 
 PANEL_LIMIT = 20
 
@@ -20,9 +27,14 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     my_drafts = (
         access.drafts(user)
         .filter(Q(author=user) | Q(last_editor=user) | Q(editors__contains=[user.pk]), state__in=FOLLOWED_DRAFT_STATES)
-        .prefetch_related("revisions__review__reviewer")
+        # One query for the revisions with their reviews and reviewers (the panel shows the last review's comment).
+        .prefetch_related(Prefetch("revisions", queryset=Revision.objects.select_related("review__reviewer")))
         .order_by("-updated_at")[:PANEL_LIMIT]
     )
+    reviews = list(selectors.awaiting_review(user)[: PANEL_LIMIT + 1])
+    if len(reviews) <= PANEL_LIMIT:
+        # Every waiting review is in hand: the navigation's badge counts them without a query of its own.
+        setattr(request, selectors.AWAITING_REVIEW_COUNT, len(reviews))
     publishing = (
         access.publications(user)
         .exclude(state=PublicationState.PUBLISHED)
@@ -41,7 +53,7 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         "undelivered": Notification.objects.filter(
             team_id__in=access.team_ids(user), state=NotificationState.GAVE_UP
         ).count(),
-        "reviews": selectors.awaiting_review(user)[:PANEL_LIMIT],
+        "reviews": reviews[:PANEL_LIMIT],
         "my_drafts": my_drafts,
         "publishing": publishing,
         "open_incidents": access.incidents(user).filter(resolved=False).order_by("-last_activity_at")[:PANEL_LIMIT],

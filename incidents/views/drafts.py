@@ -191,7 +191,11 @@ def _context(
         "can_review": draft is not None and access.has_role(request.user, draft.team, access.REVIEWING_ROLES),
         "publication_blocks": [
             selectors.publication_block(request.user, publication, return_to=return_to)
-            for publication in draft.publications.order_by("-created_at")
+            for publication in draft.publications.select_related(
+                "request", "service", "revision", "revision__review", "team"
+            )
+            .prefetch_related("attempt_rows")
+            .order_by("-created_at")
         ]
         if draft
         else [],

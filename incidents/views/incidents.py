@@ -42,16 +42,25 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     drafts = list(
         access.drafts(request.user)
         .filter(Q(incident=incident) | Q(publications__incident=incident) | in_group)
+        # The timeline and the drafts panel show the draft's own fields and its author only.
+        .select_related(None)
+        .select_related("author")
         .distinct()
         .order_by("-updated_at")
     )
     # A grouped incident is one local incident: every service's publications show here, each with its actions.
-    # One query for the rows and what their blocks show, one for all their attempts (a busy incident has many).
+    # The latest are shown whole; older settled ones (published, abandoned …) are folded behind "Show all" (a busy
+    # incident has dozens, each a block with its attempts). All of them are listed narrowly (what folding needs;
+    # their ids feed the history), then the shown ones are read whole with their attempts (two queries).
     publications = list(
         selectors.group_publications(request.user, incident)
-        .select_related("request", "service", "revision", "team")
-        .prefetch_related("attempt_rows")
+        .select_related(None)
+        .only("pk", "state", "watch_until", "created_at")
         .order_by("-created_at")
+    )
+    show_all = request.GET.get("publications") == "all"
+    shown = selectors.publication_rows(
+        request.user, publications if show_all else selectors.publications_to_show(publications)
     )
     service_rows = selectors.group_services(request.user, incident)
     grouped = {row.service.pk for row in service_rows}
@@ -70,8 +79,11 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "drafts": drafts,
         "publication_blocks": [
             selectors.publication_block(request.user, publication, return_to=return_path(request))
-            for publication in publications
+            for publication in shown
         ],
+        "publications_total": len(publications),
+        "publications_folded": len(publications) - len(shown),
+        "publications_all": show_all,
         # The same drafts and publications as incident_related_ids would read again.
         "history": selectors.incident_history(
             request.user, incident, related=([d.pk for d in drafts], [p.pk for p in publications])
