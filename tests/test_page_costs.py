@@ -109,7 +109,7 @@ def test_publications_to_show_keeps_the_latest_and_everything_unsettled():
         publication(PublicationState.SCHEDULED),
     ]
     shown = selectors.publications_to_show(rows, latest=3)
-    assert shown == rows[:3] + [rows[4], rows[5], rows[6], rows[7], rows[10]]
+    assert shown == [*rows[:3], rows[4], rows[5], rows[6], rows[7], rows[10]]
 
 
 # --- Every page: the user's memberships once --------------------------------------------------------------------
