@@ -7,14 +7,14 @@ never OFFSET and never COUNT: pages walk ``seq`` from a cursor (``?before=`` / `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Max, Q, QuerySet
+from django.db.models import CharField, Max, Q, QuerySet, Value
 from django.urls import NoReverseMatch, reverse
 
 from . import access, notifications, publishing, reminders
@@ -208,6 +208,33 @@ def audit_scope_teams(user, team_filter: str) -> list[Team | None]:
 
 
 # --- Drafts and incidents -----------------------------------------------------------------------------------
+# --- Several panels of one model in one statement -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Panel:
+    """One sliced read of a page's panel: its rows (ordered and limited) and the same order as a sort key."""
+
+    queryset: QuerySet[Any]
+    key: Callable[[Any], Any]
+    reverse: bool = False
+
+
+def read_together(panels: Mapping[str, Panel]) -> dict[str, list[Any]]:
+    """Several panels' reads of one model in one statement: the UNION ALL of their ordered, limited subqueries
+    (each keeps its own index and LIMIT), split back by a literal naming the panel. The querysets must select the
+    same columns (the same model and ``select_related``). SQL does not promise the order of a UNION's rows, so
+    each panel's rows are sorted again by its key."""
+    names = list(panels)
+    if not names:
+        return {}
+    tagged = [panels[name].queryset.annotate(_panel=Value(name, output_field=CharField())) for name in names]
+    rows: dict[str, list[Any]] = {name: [] for name in names}
+    for row in tagged[0].union(*tagged[1:], all=True) if len(tagged) > 1 else tagged[0]:
+        rows[row._panel].append(row)
+    for name, panel in panels.items():
+        rows[name].sort(key=panel.key, reverse=panel.reverse)
+    return rows
+
+
 # A view that read every draft awaiting the user's review sets their number on the request under this name; the
 # navigation's badge (context_processors.navigation) then needs no COUNT of its own.
 AWAITING_REVIEW_COUNT = "awaiting_review_count"

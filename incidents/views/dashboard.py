@@ -35,18 +35,37 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     if len(reviews) <= PANEL_LIMIT:
         # Every waiting review is in hand: the navigation's badge counts them without a query of its own.
         setattr(request, selectors.AWAITING_REVIEW_COUNT, len(reviews))
-    publishing = (
-        access.publications(user)
-        .exclude(state=PublicationState.PUBLISHED)
-        .select_related("draft__service")
-        .order_by("-updated_at")[:PANEL_LIMIT]
+    # Two panels of publications in one statement, and two of incidents in another (selectors.read_together).
+    publications = access.publications(user).select_related(None).select_related("draft__service")
+    incidents = access.incidents(user).select_related(None).select_related("service")
+    by_panel = selectors.read_together(
+        {
+            "needs_human": selectors.Panel(
+                publications.filter(state__in=HUMAN_PUBLICATION_STATES).order_by("pk")[:PANEL_LIMIT],
+                key=lambda publication: publication.pk,
+            ),
+            "publishing": selectors.Panel(
+                publications.exclude(state=PublicationState.PUBLISHED).order_by("-updated_at")[:PANEL_LIMIT],
+                key=lambda publication: publication.updated_at,
+                reverse=True,
+            ),
+        }
+    ) | selectors.read_together(
+        {
+            "open_incidents": selectors.Panel(
+                incidents.filter(resolved=False).order_by("-last_activity_at")[:PANEL_LIMIT],
+                key=lambda incident: incident.last_activity_at,
+                reverse=True,
+            ),
+            "overdue_incidents": selectors.Panel(
+                selectors.overdue_incidents(user).select_related(None).select_related("service")[:PANEL_LIMIT],
+                key=lambda incident: (incident.next_update_due_at, incident.pk),
+            ),
+        }
     )
     health = heartbeat.status()
     context = {
-        "needs_human": access.publications(user)
-        .filter(state__in=HUMAN_PUBLICATION_STATES)
-        .select_related("draft__service")
-        .order_by("pk")[:PANEL_LIMIT],
+        "needs_human": by_panel["needs_human"],
         "worker_silent": health.worker_silent(),
         "beat_silent": health.beat_silent(),
         "health": health,
@@ -55,11 +74,11 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         ).count(),
         "reviews": reviews[:PANEL_LIMIT],
         "my_drafts": my_drafts,
-        "publishing": publishing,
-        "open_incidents": access.incidents(user).filter(resolved=False).order_by("-last_activity_at")[:PANEL_LIMIT],
+        "publishing": by_panel["publishing"],
+        "open_incidents": by_panel["open_incidents"],
         "can_draft": bool(access.team_ids(user, access.DRAFTING_ROLES)),
         # Issue 12: break-glass publications nobody else has reviewed yet (red), and overdue updates.
         "break_glass": selectors.break_glass_queue(user)[:PANEL_LIMIT],
-        "overdue_incidents": selectors.overdue_incidents(user)[:PANEL_LIMIT],
+        "overdue_incidents": by_panel["overdue_incidents"],
     }
     return render(request, "incidents/dashboard.html", context)

@@ -48,7 +48,8 @@ P95_GOAL_MS = 100.0
 
 def setup(database_url: str, *, fresh: bool = False) -> None:
     os.environ["DATABASE_URL"] = database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isdown_admin.settings")
+    # The bench's settings: DEBUG off, as in production, for the in-process pages and gunicorn alike.
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.bench.bench_settings"
     os.environ["LOG_LEVEL"] = "WARNING"
     ensure_database(database_url, fresh=fresh)
     import django
