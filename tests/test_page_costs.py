@@ -249,3 +249,18 @@ def test_read_together_splits_one_union_back_into_its_panels_each_in_its_own_ord
     assert [i.title for i in panels["resolved"]] == ["Incident 0", "Incident 2", "Incident 4"]
     assert panels["none"] == []
     assert panels["open"][0].service.name == api_service.name  # select_related kept
+
+
+@pytest.mark.parametrize("value", ["", "draft.", "review.approved", "not.an.action", "<b>"])
+def test_the_audit_action_select_renders_what_djangos_select_templates_did(value, auditor):
+    from django import forms as django_forms
+
+    from incidents.forms import AuditFilterForm
+
+    form = AuditFilterForm.for_user(auditor, {"action": value})
+    form.is_valid()
+    field = form.fields["action"]
+    ours = str(form["action"])
+    field.widget = django_forms.Select(choices=field.choices)
+    assert ours == str(form["action"])
+    assert ours.count("<option") > 50
