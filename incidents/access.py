@@ -22,6 +22,7 @@ from .models import AuditEvent, Draft, Incident, Membership, Publication, Role, 
 Viewer: TypeAlias = User | AnonymousUser
 _M = TypeVar("_M", bound=Model)
 _ROLES_CACHE = "_roles_by_team"
+_MEMBERSHIPS_CACHE = "_membership_list"
 
 DRAFTING_ROLES = (Role.RESPONDER, Role.APPROVER)
 REVIEWING_ROLES = (Role.APPROVER,)
@@ -46,11 +47,24 @@ def memberships(user: Viewer) -> QuerySet[Membership]:
     return Membership.objects.filter(user=user).select_related("team")
 
 
+def membership_list(user: Viewer) -> list[Membership]:
+    """The user's memberships with their teams (team name order), read once per request: cached on the user
+    object, which the auth middleware loads afresh for every request. The navigation shows them and every role
+    check reads them (``roles_by_team``), so a page asks the database once for both."""
+    if not user.is_authenticated:
+        return []
+    cached: list[Membership] | None = getattr(user, _MEMBERSHIPS_CACHE, None)
+    if cached is None:
+        cached = list(memberships(user))
+        setattr(user, _MEMBERSHIPS_CACHE, cached)
+    return cached
+
+
 def roles_by_team(user: Viewer) -> dict[int, str]:
     """``{team_id: role}``, cached on the user object for the request."""
     cached: dict[int, str] | None = getattr(user, _ROLES_CACHE, None)
     if cached is None:
-        cached = dict(memberships(user).values_list("team_id", "role"))
+        cached = {membership.team_id: membership.role for membership in membership_list(user)}
         setattr(user, _ROLES_CACHE, cached)
     return cached
 

@@ -17,7 +17,10 @@ def navigation(request) -> dict[str, object]:
     }
     if user is None or not user.is_authenticated:
         return context
-    context["my_memberships"] = list(access.memberships(user))
+    # Read once per request (access.py caches them on the user): the role checks of the view used the same rows.
+    context["my_memberships"] = access.membership_list(user)
     context["can_read_audit_log"] = access.can_read_audit_log(user)
-    context["review_count"] = selectors.awaiting_review(user).count()
+    # A view that read every waiting review already (the dashboard, when its panel is not full) says how many.
+    known = getattr(request, selectors.AWAITING_REVIEW_COUNT, None)
+    context["review_count"] = known if known is not None else selectors.awaiting_review(user).count()
     return context

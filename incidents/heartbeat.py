@@ -20,6 +20,7 @@ from typing import Any
 from celery.beat import PersistentScheduler
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from .models import SystemMark
@@ -59,11 +60,13 @@ class Status:
 
 
 def status() -> Status:
-    rows = SystemMark.objects.filter(name__startswith=WORKER_PREFIX).order_by("-at").values_list("at", flat=True)
-    beat = SystemMark.objects.filter(name=BEAT).values_list("at", flat=True).first()
+    # One query for both (the dashboard reads it on every load): the latest worker's mark and beat's.
+    marks = SystemMark.objects.aggregate(
+        worker=Max("at", filter=Q(name__startswith=WORKER_PREFIX)), beat=Max("at", filter=Q(name=BEAT))
+    )
     return Status(
-        worker_seen_at=rows.first(),
-        beat_seen_at=beat,
+        worker_seen_at=marks["worker"],
+        beat_seen_at=marks["beat"],
         silent_after=timedelta(seconds=settings.HEARTBEAT_SILENT_AFTER),
     )
 

@@ -7,14 +7,14 @@ never OFFSET and never COUNT: pages walk ``seq`` from a cursor (``?before=`` / `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Max, Q, QuerySet
+from django.db.models import CharField, Max, Q, QuerySet, Value
 from django.urls import NoReverseMatch, reverse
 
 from . import access, notifications, publishing, reminders
@@ -153,12 +153,14 @@ def history_for(
     wanted = {kind: ids for kind, ids in wanted.items() if ids}
     if not wanted:
         return History(visible=True)
-    # One indexed query per target type, merged: an OR across types would defeat the (type, id, -seq) index.
-    events: list[AuditEvent] = []
-    for kind, ids in wanted.items():
-        query = access.audit_log_events(user).filter(target_type=kind, target_id__in=ids).order_by("-seq")
-        events.extend(query[: limit + 1])
-    events.sort(key=lambda event: event.seq, reverse=True)
+    # One indexed subquery per target type (an OR across types would defeat the (type, id, -seq) index), sent as
+    # one UNION ALL statement and merged here.
+    queries = [
+        access.audit_log_events(user).filter(target_type=kind, target_id__in=ids).order_by("-seq")[: limit + 1]
+        for kind, ids in wanted.items()
+    ]
+    combined = queries[0].union(*queries[1:], all=True) if len(queries) > 1 else queries[0]
+    events: list[AuditEvent] = sorted(combined, key=lambda event: event.seq, reverse=True)
     more_url = ""
     ids = wanted.get(target_type, [])
     if more_filters:
@@ -206,6 +208,38 @@ def audit_scope_teams(user, team_filter: str) -> list[Team | None]:
 
 
 # --- Drafts and incidents -----------------------------------------------------------------------------------
+# --- Several panels of one model in one statement -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Panel:
+    """One sliced read of a page's panel: its rows (ordered and limited) and the same order as a sort key."""
+
+    queryset: QuerySet[Any]
+    key: Callable[[Any], Any]
+    reverse: bool = False
+
+
+def read_together(panels: Mapping[str, Panel]) -> dict[str, list[Any]]:
+    """Several panels' reads of one model in one statement: the UNION ALL of their ordered, limited subqueries
+    (each keeps its own index and LIMIT), split back by a literal naming the panel. The querysets must select the
+    same columns (the same model and ``select_related``). SQL does not promise the order of a UNION's rows, so
+    each panel's rows are sorted again by its key."""
+    names = list(panels)
+    if not names:
+        return {}
+    tagged = [panels[name].queryset.annotate(_panel=Value(name, output_field=CharField())) for name in names]
+    rows: dict[str, list[Any]] = {name: [] for name in names}
+    for row in tagged[0].union(*tagged[1:], all=True) if len(tagged) > 1 else tagged[0]:
+        rows[row._panel].append(row)
+    for name, panel in panels.items():
+        rows[name].sort(key=panel.key, reverse=panel.reverse)
+    return rows
+
+
+# A view that read every draft awaiting the user's review sets their number on the request under this name; the
+# navigation's badge (context_processors.navigation) then needs no COUNT of its own.
+AWAITING_REVIEW_COUNT = "awaiting_review_count"
+
+
 def awaiting_review(user) -> QuerySet[Draft]:
     """Drafts in review in teams where I approve, that I never edited (four eyes); oldest first."""
     return (
@@ -240,6 +274,37 @@ def _attempts(publication: Publication) -> list[PublishAttempt]:
     if "attempt_rows" in getattr(publication, "_prefetched_objects_cache", {}):
         return sorted(publication.attempt_rows.all(), key=lambda attempt: attempt.number)
     return list(publication.attempt_rows.order_by("number"))
+
+
+# An incident page shows this many of its latest publications whole; older settled ones are behind "Show all".
+PUBLICATIONS_SHOWN = 10
+
+
+def publications_to_show(publications: list[Publication], latest: int = PUBLICATIONS_SHOWN) -> list[Publication]:
+    """The publications an incident page shows by default, in the given order (newest first): the ``latest``
+    ones, and every older one that is not settled yet (in flight, waiting, or needing a human: its block polls or
+    carries the actions an approver needs), so nothing that asks for attention is ever folded away."""
+    return [
+        publication
+        for index, publication in enumerate(publications)
+        if index < latest or not publication.is_final or publication.needs_human
+    ]
+
+
+def publication_rows(user, publications: list[Publication]) -> list[Publication]:
+    """These publications read whole, in the same order, with everything their blocks show (``publication_block``,
+    ``_publication.html``) in two queries: the rows with their request, service, revision, review and team, and
+    every attempt."""
+    ids = [publication.pk for publication in publications]
+    rows = (
+        access.publications(user)
+        .filter(pk__in=ids)
+        .select_related(None)
+        .select_related("request", "service", "revision", "revision__review", "team")
+        .prefetch_related("attempt_rows")
+    )
+    by_id = {publication.pk: publication for publication in rows}
+    return [by_id[pk] for pk in ids if pk in by_id]
 
 
 def publication_block(user, publication: Publication, *, return_to: str, **extra: Any) -> dict[str, Any]:

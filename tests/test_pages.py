@@ -204,4 +204,9 @@ def test_the_incident_page_with_many_publications_stays_within_15_queries(
     client.get(url)  # the session and the user's preferences, as on any page after the first
     with django_assert_max_num_queries(15):
         html = _html(client.get(url))
+    # The latest ten are shown whole; the two older (published) ones are behind "Show all" (issue 13 P2).
+    assert html.count('class="card publication"') == 10
+    assert "2 older publications (published, abandoned or superseded) not shown" in html
+    with django_assert_max_num_queries(15):
+        html = _html(client.get(url + "?publications=all"))
     assert html.count('class="card publication"') == 12

@@ -194,8 +194,10 @@ def _context(
         "publication_blocks": [
             selectors.publication_block(request.user, publication, return_to=return_to)
             for publication in draft.publications.select_related(
-                "request", "service", "revision__review", "team"
-            ).order_by("-created_at")
+                "request", "service", "revision", "revision__review", "team"
+            )
+            .prefetch_related("attempt_rows")
+            .order_by("-created_at")
         ]
         if draft
         else [],

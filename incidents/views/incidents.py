@@ -42,20 +42,43 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     drafts = list(
         access.drafts(request.user)
         .filter(Q(incident=incident) | Q(publications__incident=incident) | in_group)
+        # The timeline and the drafts panel show the draft's own fields and its author only.
+        .select_related(None)
+        .select_related("author")
         .distinct()
         .order_by("-updated_at")
     )
     # A grouped incident is one local incident: every service's publications show here, each with its actions.
-    # One query for the rows and what their blocks show, one for all their attempts (a busy incident has many).
+    # The latest are shown whole; older settled ones (published, abandoned …) are folded behind "Show all" (a busy
+    # incident has dozens, each a block with its attempts). All of them are listed narrowly (what folding needs;
+    # their ids feed the history), then the shown ones are read whole with their attempts (two queries).
     publications = list(
         selectors.group_publications(request.user, incident)
-        # The review: each block says whether it was published without review (break-glass), and the page lists
-        # every break-glass publication of the incident with who reviewed it after the fact.
-        .select_related(
-            "request", "service", "team", "revision__review__reviewer", "revision__review__post_review__reviewer"
+        # Narrow, but with each one's review: the page lists every break-glass publication of the incident with
+        # who reviewed it after the fact (no query of its own).
+        .select_related(None)
+        .select_related("revision__review__reviewer", "revision__review__post_review__reviewer")
+        .only(
+            "pk",
+            "state",
+            "watch_until",
+            "created_at",
+            "revision__id",
+            "revision__draft_id",
+            "revision__review__id",
+            "revision__review__decision",
+            "revision__review__created_at",
+            "revision__review__reviewer__id",
+            "revision__review__reviewer__username",
+            "revision__review__post_review__id",
+            "revision__review__post_review__reviewer__id",
+            "revision__review__post_review__reviewer__username",
         )
-        .prefetch_related("attempt_rows")
         .order_by("-created_at")
+    )
+    show_all = request.GET.get("publications") == "all"
+    shown = selectors.publication_rows(
+        request.user, publications if show_all else selectors.publications_to_show(publications)
     )
     service_rows = selectors.group_services(request.user, incident)
     grouped = {row.service.pk for row in service_rows}
@@ -74,8 +97,11 @@ def incident_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "drafts": drafts,
         "publication_blocks": [
             selectors.publication_block(request.user, publication, return_to=return_path(request))
-            for publication in publications
+            for publication in shown
         ],
+        "publications_total": len(publications),
+        "publications_folded": len(publications) - len(shown),
+        "publications_all": show_all,
         # The same drafts and publications as incident_related_ids would read again.
         "history": selectors.incident_history(
             request.user, incident, related=([d.pk for d in drafts], [p.pk for p in publications])
