@@ -166,23 +166,7 @@ def extend_audit(w: dict, target: int) -> None:
     teams = [(t.pk, t.name) for t in w["teams"]]
     users = [(u.pk, u.username) for u in w["users"].values()]
     start = datetime.now(UTC) - timedelta(seconds=target)
-    columns = (
-        "seq",
-        "created_at",
-        "actor_id",
-        "actor_label",
-        "team_id",
-        "team_label",
-        "action",
-        "target_type",
-        "target_id",
-        "target_label",
-        "summary",
-        "changes",
-        "context",
-        "prev_hash",
-        "hash",
-    )
+    columns = (*audit.HASHED_FIELDS, "prev_hash", "hash")  # the chain version: 1, the column default
     started = time.perf_counter()
     batch = 50_000
     with connection.cursor() as cursor:
