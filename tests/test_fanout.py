@@ -5,11 +5,23 @@ of a grouped incident fan out to every open service; adding and removing a servi
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.urls import reverse
+from django.utils import timezone
 
 from incidents import isdown, workflow
-from incidents.models import AuditEvent, DraftKind, DraftState, IncidentGroup, Publication, PublicationState, Stage
+from incidents.models import (
+    AuditEvent,
+    DraftKind,
+    DraftState,
+    Incident,
+    IncidentGroup,
+    Publication,
+    PublicationState,
+    Stage,
+)
 
 from .factories import IncidentFactory, ServiceFactory
 
@@ -338,3 +350,13 @@ def test_the_update_form_of_a_grouped_incident_says_where_it_goes(responder, gro
     html = as_user(responder).get(f"/incidents/{api.pk}/update/?resolve=1").content.decode()
     assert "This incident spans 2 services: the update goes to each one" in html
     assert "API #5001, Dashboard #5002" in html
+
+
+def test_the_dashboard_lists_an_overdue_grouped_incident_once_naming_its_services(grouped, responder, as_user):
+    _, api, dashboard = grouped
+    due = timezone.now() - timedelta(minutes=5)
+    Incident.objects.filter(pk__in=[api.pk, dashboard.pk]).update(next_update_due_at=due)
+    page = as_user(responder).get(reverse("incidents:dashboard")).content.decode()
+    banner = page.split('id="banner-overdue"', 1)[1].split("</div>", 1)[0]
+    assert "1 incident overdue for an update" in banner
+    assert banner.count("<li>") == 1 and "API, Dashboard" in banner

@@ -12,6 +12,7 @@ from ..http import HtmxHttpRequest
 from ..models import (
     FOLLOWED_DRAFT_STATES,
     HUMAN_PUBLICATION_STATES,
+    Incident,
     Notification,
     NotificationState,
     PublicationState,
@@ -28,6 +29,7 @@ INCIDENT_COLUMNS = (
     "missing_on_remote",
     "last_activity_at",
     "next_update_due_at",
+    "group_id",
     "service__name",
 )
 
@@ -100,6 +102,23 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         "break_glass": selectors.break_glass_queue(user)
         .select_related(None)
         .select_related("reviewer", "revision__draft__service")[:PANEL_LIMIT],
-        "overdue_incidents": by_panel["overdue_incidents"],
+        "overdue_incidents": _one_per_group(by_panel["overdue_incidents"]),
     }
     return render(request, "incidents/dashboard.html", context)
+
+
+def _one_per_group(incidents: list[Incident]) -> list[Incident]:
+    """One line per outage: a grouped incident's services (one IsDown incident each, one reminder clock) are listed
+    on its earliest-due member as ``services_label``."""
+    lines: list[Incident] = []
+    first_of_group: dict[int, Incident] = {}
+    for incident in incidents:
+        first = first_of_group.get(incident.group_id) if incident.group_id is not None else None
+        if first is None:
+            incident.services_label = incident.service.name
+            lines.append(incident)
+            if incident.group_id is not None:
+                first_of_group[incident.group_id] = incident
+        else:
+            first.services_label += f", {incident.service.name}"
+    return lines
