@@ -130,10 +130,12 @@ def main() -> None:
     from django.contrib.auth import get_user_model
 
     from incidents import checkpoints, verifications
-    from incidents.models import AuditEvent, AuditVerification
+    from incidents.models import AuditCheckpoint, AuditEvent, AuditVerification
 
-    # Reused when filled before (each run adds a checkpoint and the job's audit.verified event).
-    if not args.rows <= AuditEvent.objects.count() <= args.rows + 1000:
+    # Reused when filled before (each run adds a checkpoint and the job's audit.verified event), and only while its
+    # checkpoints are this checkout's key's: a new checkout's development key would rightly fail them all.
+    foreign_checkpoints = AuditCheckpoint.objects.exclude(public_key=checkpoints.public_key()).exists()
+    if foreign_checkpoints or not args.rows <= AuditEvent.objects.count() <= args.rows + 1000:
         fill(args.rows)
     checkpoints.sign_head("bench")
     elapsed, result = timed(checkpoints.verify)
