@@ -164,3 +164,26 @@ def test_a_task_that_the_database_refuses_is_retried_and_publishes_without_a_swe
     # No beat runs here: only the task's own retry can publish it.
     wait_for(lambda: published(publication), timeout=30, what="the retried task to publish", context=worker.log_text)
     assert len(sandbox_requests("POST")) == 1
+
+
+# --- Enqueue marks the row before the message leaves ----------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_marks_the_row_before_the_message_leaves_and_clears_it_when_none_left(api_service, responder):
+    # A worker that took the message at once found the row locked by the mark written after sending, and its claim
+    # skips locked rows: the publication waited for a sweep.
+    from incidents.models import Publication
+
+    publication = approved_publication(service=api_service, author=responder)
+    Publication.objects.filter(pk=publication.pk).update(last_enqueued_at=None)
+    seen = []
+
+    def send_task(*args, **kwargs):
+        seen.append(Publication.objects.get(pk=publication.pk).last_enqueued_at)
+
+    with mock.patch.object(enqueue.current_app, "send_task", side_effect=send_task):
+        assert enqueue.publication(publication.pk) is True
+    assert len(seen) == 1 and seen[0] is not None
+
+    with mock.patch.object(enqueue.current_app, "send_task", side_effect=OSError("broker down")):
+        assert enqueue.publication(publication.pk) is False
+    assert Publication.objects.get(pk=publication.pk).last_enqueued_at is None  # the sweeper's turn, at once
